@@ -1,0 +1,120 @@
+//! Runs commands on aggregates with the request's metadata, retries on
+//! optimistic-concurrency conflicts, and waits for the read models so the
+//! response (and the client's next read) sees the change.
+
+use std::time::Duration;
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, EventStore};
+use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use safehold_domain::ids::stream_id;
+use safehold_domain::tenant::{Tenant, TenantCommand, TenantState};
+use safehold_domain::user::{User, UserCommand, UserState};
+use safehold_domain::{CommandMetadata, DomainError, TenantId, UserId};
+use sqlx::PgPool;
+
+use crate::error::ApiError;
+
+const CONFLICT_RETRIES: usize = 5;
+const READ_MODEL_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Commands {
+    pool: PgPool,
+    tenants: PostgresCqrs<Tenant>,
+    users: PostgresCqrs<User>,
+}
+
+fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> PostgresCqrs<A> {
+    postgres_es::postgres_cqrs(pool.clone(), vec![], ())
+}
+
+fn store<A: Aggregate>(pool: &PgPool) -> PersistedEventStore<PostgresEventRepository, A> {
+    PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+}
+
+impl Commands {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            tenants: framework(&pool),
+            users: framework(&pool),
+            pool,
+        }
+    }
+
+    async fn run<A: Aggregate<Error = DomainError>>(
+        &self,
+        cqrs: &PostgresCqrs<A>,
+        stream: String,
+        command: A::Command,
+        meta: &CommandMetadata,
+    ) -> Result<(), ApiError>
+    where
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            match cqrs
+                .execute_with_metadata(&stream, command.clone(), meta.to_map())
+                .await
+            {
+                Err(AggregateError::AggregateConflict) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+                Ok(()) => break,
+            }
+        }
+        let caught_up = safehold_projections::runtime::wait_for_stream(
+            &self.pool,
+            A::TYPE,
+            &stream,
+            READ_MODEL_WAIT,
+        )
+        .await?;
+        if !caught_up {
+            tracing::warn!(stream, "read models did not catch up in time");
+        }
+        Ok(())
+    }
+
+    pub async fn tenant(
+        &self,
+        meta: &CommandMetadata,
+        command: TenantCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, meta.tenant_id.0);
+        self.run(&self.tenants, stream, command, meta).await
+    }
+
+    pub async fn user(
+        &self,
+        meta: &CommandMetadata,
+        user: UserId,
+        command: UserCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, user.0);
+        self.run(&self.users, stream, command, meta).await
+    }
+
+    /// The current state of a tenant, from the event log.
+    pub async fn load_tenant(&self, tenant: TenantId) -> Result<Option<TenantState>, ApiError> {
+        let context = store::<Tenant>(&self.pool)
+            .load_aggregate(&stream_id(tenant, tenant.0))
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(context.aggregate.created)
+    }
+
+    /// The current state of a live (not deleted) user, from the event log.
+    pub async fn load_user(
+        &self,
+        tenant: TenantId,
+        user: UserId,
+    ) -> Result<Option<UserState>, ApiError> {
+        let context = store::<User>(&self.pool)
+            .load_aggregate(&stream_id(tenant, user.0))
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(context.aggregate.state.filter(|s| !s.deleted))
+    }
+}

@@ -1,0 +1,15 @@
+//! Safehold's write-side model: aggregates, their commands and events, and the
+//! pure rules they enforce. Nothing here performs IO.
+
+pub mod access;
+pub mod error;
+pub mod ids;
+pub mod metadata;
+pub mod password;
+pub mod settings;
+pub mod tenant;
+pub mod user;
+
+pub use error::DomainError;
+pub use ids::{TenantId, UserId};
+pub use metadata::CommandMetadata;

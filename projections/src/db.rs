@@ -1,0 +1,37 @@
+//! Connecting to Postgres and owning the schema.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
+
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Applies Safehold's migrations. Other migrators (the job queue's) share the
+/// `_sqlx_migrations` table, so versions unknown to this one are ignored.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// Creates an empty database next to the one `admin_url` points at and
+/// returns its URL: tests and benchmarks each get their own.
+pub async fn create_scratch_database(admin_url: &str, prefix: &str) -> anyhow::Result<String> {
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(admin_url).await?;
+    admin
+        .execute(format!("CREATE DATABASE \"{name}\"").as_str())
+        .await?;
+    let options: PgConnectOptions = admin_url.parse()?;
+    Ok(options.database(&name).to_url_lossy().to_string())
+}

@@ -1,0 +1,325 @@
+//! The catch-up projector.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use safehold_domain::CommandMetadata;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::watch;
+
+/// One event as read from the log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub tx_id: i64,
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: CommandMetadata,
+}
+
+impl StoredEvent {
+    /// The entity part of a `tenant:entity` stream id.
+    pub fn entity_id(&self) -> Option<uuid::Uuid> {
+        let (_, entity) = self.aggregate_id.split_once(':')?;
+        uuid::Uuid::parse_str(entity).ok()
+    }
+
+    /// Decodes the payload as the aggregate's event enum.
+    pub fn decode<E: serde::de::DeserializeOwned>(&self) -> anyhow::Result<E> {
+        Ok(serde_json::from_value(self.payload.clone())?)
+    }
+}
+
+/// A read model fed from the event log.
+#[async_trait]
+pub trait Projection: Send + Sync {
+    /// Stable name: the checkpoint key and the CLI's `projections rebuild NAME`.
+    fn name(&self) -> &'static str;
+    /// Tables this projection owns, emptied before a rebuild.
+    fn tables(&self) -> &'static [&'static str];
+    /// Applies one event inside the batch's transaction.
+    async fn apply(&self, tx: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
+}
+
+pub fn all_projections() -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(crate::tenants::TenantsProjection),
+        Arc::new(crate::users::UsersProjection),
+        Arc::new(crate::audit::AuditProjection),
+    ]
+}
+
+const BATCH: i64 = 500;
+
+/// Reads the next events after a checkpoint, never past the oldest
+/// transaction still in flight.
+async fn next_events(
+    conn: &mut PgConnection,
+    after: (i64, i64),
+    limit: i64,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    let rows = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
+                event_type, event_version, payload, metadata
+           FROM events
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY tx_id, global_position
+          LIMIT $3",
+    )
+    .bind(after.0.to_string())
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let metadata: serde_json::Value = row.try_get("metadata")?;
+            let map: HashMap<String, String> = serde_json::from_value(metadata)?;
+            Ok(StoredEvent {
+                tx_id: row.try_get("tx")?,
+                position: row.try_get("global_position")?,
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: row.try_get("sequence")?,
+                event_type: row.try_get("event_type")?,
+                event_version: row.try_get("event_version")?,
+                payload: row.try_get("payload")?,
+                metadata: CommandMetadata::from_map(&map)
+                    .ok_or_else(|| anyhow::anyhow!("event without tenant metadata"))?,
+            })
+        })
+        .collect()
+}
+
+async fn lock_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    wait: bool,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    sqlx::query("INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let sql = if wait {
+        "SELECT tx_id, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
+    } else {
+        "SELECT tx_id, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE SKIP LOCKED"
+    };
+    Ok(sqlx::query_as(sql)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+async fn save_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    at: (i64, i64),
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET tx_id = $2, position = $3, updated_at = now() WHERE name = $1",
+    )
+    .bind(name)
+    .bind(at.0)
+    .bind(at.1)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies up to one batch to a projection. Returns how many events it
+/// applied; 0 when caught up or when another process holds the checkpoint.
+pub async fn run_batch(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let Some(checkpoint) = lock_checkpoint(&mut tx, projection.name(), false).await? else {
+        return Ok(0);
+    };
+    let events = next_events(&mut tx, checkpoint, BATCH).await?;
+    let Some(last) = events.last() else {
+        return Ok(0);
+    };
+    let new_checkpoint = (last.tx_id, last.position);
+    let now = Utc::now();
+    for event in &events {
+        projection.apply(&mut tx, event).await.map_err(|e| {
+            anyhow::anyhow!(
+                "projection {} failed on event {} ({}): {e:#}",
+                projection.name(),
+                event.position,
+                event.event_type
+            )
+        })?;
+        let lag = (now - event.metadata.occurred_at)
+            .num_microseconds()
+            .unwrap_or(0);
+        crate::runtime::metrics::observe_lag(projection.name(), lag as f64 / 1e6);
+    }
+    save_checkpoint(&mut tx, projection.name(), new_checkpoint).await?;
+    tx.commit().await?;
+    Ok(events.len())
+}
+
+/// Empties a projection's tables and replays the whole log into them in one
+/// transaction: readers see the old tables until the new ones are complete.
+pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    lock_checkpoint(&mut tx, projection.name(), true).await?;
+    for table in projection.tables() {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut at = (0, 0);
+    let mut total = 0;
+    loop {
+        let events = next_events(&mut tx, at, BATCH).await?;
+        let Some(last) = events.last() else { break };
+        at = (last.tx_id, last.position);
+        for event in &events {
+            projection.apply(&mut tx, event).await?;
+        }
+        total += events.len();
+    }
+    save_checkpoint(&mut tx, projection.name(), at).await?;
+    tx.commit().await?;
+    Ok(total)
+}
+
+/// Runs every projection until none has anything left to apply.
+pub async fn catch_up(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> anyhow::Result<()> {
+    for projection in projections {
+        while run_batch(pool, projection.as_ref()).await? > 0 {}
+    }
+    Ok(())
+}
+
+/// The background runner: wakes on each commit (LISTEN/NOTIFY) and at least
+/// every `poll` (a commit held back by an older open transaction becomes
+/// readable only once that one ends).
+#[derive(Clone)]
+pub struct Projector {
+    pool: PgPool,
+    projections: Arc<Vec<Arc<dyn Projection>>>,
+}
+
+impl Projector {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            projections: Arc::new(all_projections()),
+        }
+    }
+
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.projections
+    }
+
+    pub async fn catch_up(&self) -> anyhow::Result<()> {
+        catch_up(&self.pool, &self.projections).await
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(50);
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen("safehold_events").await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "projector cannot LISTEN; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "projector cannot LISTEN; polling only");
+                None
+            }
+        };
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::error!(error = %format!("{e:#}"), "projection batch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let wake = async {
+                match &mut listener {
+                    Some(l) => {
+                        let _ = tokio::time::timeout(poll, l.try_recv()).await;
+                    }
+                    None => tokio::time::sleep(poll).await,
+                }
+            };
+            tokio::select! {
+                _ = wake => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// Waits until every projection has applied the latest event of a stream,
+/// so an API call that just wrote can answer from the read models.
+pub async fn wait_for_stream(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let done: Option<bool> = sqlx::query_scalar(
+            "SELECT bool_and((c.tx_id, c.position) >= (e.tx, e.global_position))
+               FROM (SELECT tx_id::text::bigint AS tx, global_position FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2
+                      ORDER BY sequence DESC LIMIT 1) e
+              CROSS JOIN projection_checkpoints c",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_one(pool)
+        .await?;
+        if done.unwrap_or(true) {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+pub mod metrics {
+    //! Projection lag, exported by the API's `/metrics`.
+    use std::sync::OnceLock;
+
+    use prometheus::HistogramVec;
+
+    pub fn lag_histogram() -> &'static HistogramVec {
+        static LAG: OnceLock<HistogramVec> = OnceLock::new();
+        LAG.get_or_init(|| {
+            prometheus::register_histogram_vec!(
+                "safehold_projection_lag_seconds",
+                "Time from an event's command to its projection",
+                &["projection"],
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+            )
+            .expect("metric registers once")
+        })
+    }
+
+    pub fn observe_lag(projection: &str, seconds: f64) {
+        lag_histogram()
+            .with_label_values(&[projection])
+            .observe(seconds);
+    }
+}
