@@ -29,6 +29,7 @@ pub async fn fresh_database() -> (String, PgPool) {
 
 pub struct TestServer {
     pub base: String,
+    pub database_url: String,
     pub pool: PgPool,
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
@@ -38,7 +39,7 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> Self {
         let (url, pool) = fresh_database().await;
-        let state = web::Data::new(AppState::new(pool.clone(), Config::ephemeral(url)));
+        let state = web::Data::new(AppState::new(pool.clone(), Config::ephemeral(url.clone())));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = safehold_api::server::serve(state, listener).unwrap();
@@ -48,6 +49,7 @@ impl TestServer {
         tokio::spawn(safehold_projections::Projector::new(pool.clone()).run(stop_rx));
         Self {
             base,
+            database_url: url,
             pool,
             http: reqwest::Client::new(),
             stop,
