@@ -68,11 +68,11 @@ CREATE TABLE audit_log (
 );
 CREATE INDEX audit_log_by_time ON audit_log (tenant_id, occurred_at);
 
--- Usernames as the audit projection has seen them, so it describes events
--- without reading another projection's tables.
-CREATE TABLE audit_user_names (
+-- Names of users and accounts as the audit projection has seen them, so it
+-- describes events without reading another projection's tables.
+CREATE TABLE audit_names (
     tenant_id uuid NOT NULL,
-    user_id   uuid NOT NULL,
-    username  text NOT NULL,
-    PRIMARY KEY (tenant_id, user_id)
+    entity_id uuid NOT NULL,
+    name      text NOT NULL,
+    PRIMARY KEY (tenant_id, entity_id)
 );

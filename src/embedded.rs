@@ -1,12 +1,12 @@
 //! Local infrastructure for running Safehold on one machine without containers:
-//! a private PostgreSQL cluster and the AWS emulator, both bound to 127.0.0.1.
+//! a private PostgreSQL cluster bound to 127.0.0.1 (the AWS emulator lives in
+//! `safehold_cloud::emulator`).
 //!
 //! Production points `DATABASE_URL` and the AWS endpoint at real services; this
 //! module exists so that `safehold demo` and development need nothing but the
 //! PostgreSQL server package and `pip install 'moto[server]==5.2.5'`.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use sqlx::{Connection, PgConnection};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// The server tools we need, all from the same installation.
 const SERVER_TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
@@ -22,9 +22,6 @@ const SERVER_TOOLS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 const PORT_FILE: &str = "safehold-port";
 /// initdb and pg_ctl normally take seconds; this only guards against a hang.
 const PG_TOOL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Pinned emulator version; the project's AWS tests are measured against it.
-const MOTO_PIP_SPEC: &str = "moto[server]==5.2.5";
-const EMULATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_UNIX_SOCKET_PATH: usize = 107;
 
@@ -427,154 +424,6 @@ async fn create_database_if_missing(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The AWS emulator (moto in server mode), killed when this value is dropped.
-#[derive(Debug)]
-pub struct Emulator {
-    /// `http://127.0.0.1:PORT`, for the AWS SDK's endpoint override.
-    pub endpoint: String,
-    child: Child,
-}
-
-impl Emulator {
-    /// Starts moto on 127.0.0.1 (`port`, or a free one) and waits until it
-    /// answers HTTP.
-    pub async fn start(port: Option<u16>) -> anyhow::Result<Emulator> {
-        let port = match port {
-            // Fail now: otherwise whatever holds the port would pass the readiness probe.
-            Some(port) if !port_is_free(port) => {
-                bail!("port {port} on 127.0.0.1 is already in use")
-            }
-            Some(port) => port,
-            None => free_port()?,
-        };
-        // The emulator logs every request; a file keeps that out of our output
-        // (and an unread pipe would eventually block it) yet explains failures.
-        let log_path = std::env::temp_dir().join(format!("safehold-emulator-{port}.log"));
-        let port_arg = port.to_string();
-        let launchers: [(&str, &[&str]); 2] =
-            [("python3", &["-m", "moto.server"]), ("moto_server", &[])];
-
-        let mut failures = Vec::new();
-        for (program, prefix) in launchers {
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("could not create {}", log_path.display()))?;
-            let log_err = log
-                .try_clone()
-                .with_context(|| format!("could not reopen {}", log_path.display()))?;
-            let spawned = Command::new(program)
-                .args(prefix)
-                .args(["-H", "127.0.0.1", "-p", &port_arg])
-                // Otherwise every account shows ~1,300 snapshots that are not its own.
-                .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .kill_on_drop(true)
-                .spawn();
-            let mut child = match spawned {
-                Ok(child) => child,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    failures.push(format!("{program}: not found"));
-                    continue;
-                }
-                Err(error) => {
-                    return Err(error).with_context(|| format!("could not run {program}"))
-                }
-            };
-            match wait_until_ready(&mut child, port).await? {
-                Readiness::Ready => {
-                    let endpoint = format!("http://127.0.0.1:{port}");
-                    tracing::info!(%endpoint, log = %log_path.display(), "AWS emulator started");
-                    return Ok(Emulator { endpoint, child });
-                }
-                Readiness::Exited(status) => {
-                    failures.push(format!(
-                        "{program} exited ({status}):\n{}",
-                        tail(&log_path, 10)
-                    ));
-                }
-                Readiness::TimedOut => {
-                    // Best effort: kill_on_drop kills it as well when `child` goes out of scope.
-                    let _ = child.start_kill();
-                    bail!(
-                        "the AWS emulator ({program}) did not answer on port {port} within {} s; \
-                         see {}",
-                        EMULATOR_READY_TIMEOUT.as_secs(),
-                        log_path.display()
-                    );
-                }
-            }
-        }
-        bail!(
-            "could not start the AWS emulator; install it with: pip install '{MOTO_PIP_SPEC}'\n{}",
-            failures.join("\n")
-        )
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        // The emulator never outlives its owner; it may already have exited.
-        let _ = self.child.start_kill();
-    }
-}
-
-enum Readiness {
-    Ready,
-    Exited(std::process::ExitStatus),
-    TimedOut,
-}
-
-async fn wait_until_ready(child: &mut Child, port: u16) -> anyhow::Result<Readiness> {
-    let deadline = tokio::time::Instant::now() + EMULATOR_READY_TIMEOUT;
-    loop {
-        // A missing module or a taken port ends the process quickly: no need to wait out the timeout.
-        if let Some(status) = child
-            .try_wait()
-            .context("could not check the emulator process")?
-        {
-            return Ok(Readiness::Exited(status));
-        }
-        let answered = tokio::task::spawn_blocking(move || emulator_answers(port))
-            .await
-            .unwrap_or(false);
-        if answered {
-            return Ok(Readiness::Ready);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(Readiness::TimedOut);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One blocking HTTP/1.0 GET of /moto-api/: true on a 2xx answer. Plain std
-/// networking keeps this free of an HTTP client dependency.
-fn emulator_answers(port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let timeout = Some(Duration::from_secs(2));
-    if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
-        return false;
-    }
-    let request = b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request).is_err() {
-        return false;
-    }
-    // "HTTP/1.1 200 OK": the status code's first digit is byte 9.
-    let mut head = Vec::with_capacity(64);
-    let mut buf = [0u8; 64];
-    while head.len() < 12 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    head.starts_with(b"HTTP/1.") && head.get(9) == Some(&b'2')
-}
-
 /// Lets the kernel pick a free port. Another process could take it before our
 /// child binds it; for a local tool that window is acceptable.
 fn free_port() -> anyhow::Result<u16> {
@@ -706,11 +555,5 @@ mod tests {
     fn free_port_is_bindable() {
         let port = free_port().expect("a free port");
         assert!(port_is_free(port));
-    }
-
-    #[test]
-    fn nothing_listening_is_not_an_emulator() {
-        let port = free_port().expect("a free port");
-        assert!(!emulator_answers(port));
     }
 }

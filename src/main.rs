@@ -9,6 +9,7 @@ use actix_web::web;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use safehold_api::{AppState, Config};
+use safehold_cloud::secrets::Keyring;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -50,6 +51,8 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Re-encrypt every stored secret under the first master key (after adding a key).
+    ReencryptSecrets,
 }
 
 #[derive(Subcommand)]
@@ -86,24 +89,50 @@ async fn database(cli: &Cli) -> anyhow::Result<(String, Option<embedded::Embedde
     }
 }
 
-async fn background(pool: sqlx::PgPool, stop: watch::Receiver<bool>) {
-    let projector = safehold_projections::Projector::new(pool.clone());
+/// Master keys for secrets at rest: `SAFEHOLD_MASTER_KEYS`, else a key
+/// generated once and kept (mode 0600) in the data directory.
+fn keyring(data_dir: &std::path::Path) -> anyhow::Result<Keyring> {
+    if let Ok(spec) = std::env::var("SAFEHOLD_MASTER_KEYS") {
+        return Keyring::parse(&spec).context("SAFEHOLD_MASTER_KEYS");
+    }
+    let path = data_dir.join("master-keys");
+    if let Ok(spec) = std::fs::read_to_string(&path) {
+        return Keyring::parse(spec.trim()).with_context(|| format!("{}", path.display()));
+    }
+    tracing::warn!(path = %path.display(), "SAFEHOLD_MASTER_KEYS is not set: generating a master key");
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let ring = Keyring::generate("k1");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::io::Write::write_all(&mut file, ring.to_spec().as_bytes())?;
+    Ok(ring)
+}
+
+async fn background(cloud: safehold_cloud::resolve::Cloud, stop: watch::Receiver<bool>) {
+    let projector = safehold_projections::Projector::new(cloud.pool.clone());
     tokio::join!(
         projector.run(stop.clone()),
-        safehold_jobs::housekeeping(pool, stop)
+        safehold_jobs::housekeeping(cloud, stop)
     );
 }
 
-async fn serve(url: String, demo_endpoint: Option<String>) -> anyhow::Result<()> {
+async fn serve(url: String, keys: Keyring, demo_endpoint: Option<String>) -> anyhow::Result<()> {
     let pool = safehold_projections::db::connect(&url, 20).await?;
     safehold_projections::db::migrate(&pool).await?;
-    let config = Config::from_env(url)?;
+    let mut config = Config::from_env(url, keys)?;
+    if let Some(endpoint) = &demo_endpoint {
+        config.aws_endpoint = safehold_cloud::access::Endpoint(Some(endpoint.clone()));
+    }
     let state = web::Data::new(AppState::new(pool.clone(), config.clone()));
     if let Some(endpoint) = demo_endpoint {
         seed_demo(&state, &endpoint).await?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = tokio::spawn(background(pool, stop_rx));
+    let workers = tokio::spawn(background(state.cloud.clone(), stop_rx));
     let listener =
         TcpListener::bind(config.bind).with_context(|| format!("bind {}", config.bind))?;
     tracing::info!(address = %listener.local_addr()?, "serving the Safehold API (docs at /docs/)");
@@ -118,26 +147,12 @@ const DEMO_USER: &str = "demo-admin";
 const DEMO_PASSWORD: &str = "Safehold-Demo-2026!";
 
 async fn seed_demo(state: &AppState, endpoint: &str) -> anyhow::Result<()> {
-    let tenant = safehold_domain::TenantId::for_slug(DEMO_ORG);
-    if state
-        .commands
-        .load_tenant(tenant)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .is_none()
-    {
-        let request = safehold_api::routes::signup::SignupRequest {
-            organisation: DEMO_ORG.into(),
-            name: "Demo Organisation".into(),
-            time_zone: Some("UTC".into()),
-            username: DEMO_USER.into(),
-            email: Some("demo@example.com".into()),
-            password: DEMO_PASSWORD.into(),
-        };
-        safehold_api::routes::signup::sign_up(state, request, "demo-seed".into())
-            .await
-            .map_err(|e| anyhow::anyhow!("seeding the demo organisation: {e}"))?;
-    }
+    use safehold_api::routes::accounts::{
+        self, AccessRequest, AccountType, RegisterAccountRequest,
+    };
+    use safehold_domain::access::{Actor, PrincipalKind};
+
+    // The emulator starts empty each time: give it resources first.
     for region in ["us-east-1", "eu-west-1"] {
         let target = safehold_cloud::Target {
             endpoint: Some(endpoint.to_string()),
@@ -146,6 +161,62 @@ async fn seed_demo(state: &AppState, endpoint: &str) -> anyhow::Result<()> {
         let created = safehold_cloud::seed_demo_resources(&target).await?;
         tracing::info!(region, resources = ?created, "seeded sample AWS resources in the emulator");
     }
+    let tenant = safehold_domain::TenantId::for_slug(DEMO_ORG);
+    let fail = |what: &str, e: safehold_api::error::ApiError| anyhow::anyhow!("{what}: {e}");
+    if state
+        .commands
+        .load_tenant(tenant)
+        .await
+        .map_err(|e| fail("loading the demo organisation", e))?
+        .is_some()
+    {
+        tracing::info!(organisation = DEMO_ORG, "demo organisation exists already");
+        safehold_jobs::discovery::refresh_all(&state.cloud).await?;
+        return Ok(());
+    }
+    let request = safehold_api::routes::signup::SignupRequest {
+        organisation: DEMO_ORG.into(),
+        name: "Demo Organisation".into(),
+        time_zone: Some("UTC".into()),
+        username: DEMO_USER.into(),
+        email: Some("demo@example.com".into()),
+        password: DEMO_PASSWORD.into(),
+    };
+    let created = safehold_api::routes::signup::sign_up(state, request, "demo-seed".into())
+        .await
+        .map_err(|e| fail("seeding the demo organisation", e))?;
+    let root = Actor {
+        tenant_id: tenant,
+        user_id: safehold_domain::UserId(created.user_id),
+        kind: PrincipalKind::Root,
+        delegate: None,
+    };
+    let meta = safehold_domain::CommandMetadata {
+        tenant_id: tenant,
+        user_id: Some(root.user_id),
+        delegate_id: None,
+        request_id: "demo-seed".into(),
+        occurred_at: chrono::Utc::now(),
+    };
+    let account = RegisterAccountRequest {
+        name: "demo-production".into(),
+        number: "123456789012".into(),
+        account_type: AccountType::Backup,
+        allow_delete: None,
+        access: AccessRequest::AccessKeys {
+            access_key_id: "AKIADEMOACCOUNTKEY01".into(),
+            secret_access_key: "demo-secret-access-key".into(),
+        },
+        scan: safehold_domain::account::ScanSettings {
+            enabled: true,
+            regions: vec!["us-east-1".into(), "eu-west-1".into()],
+        },
+        owner_id: None,
+    };
+    let row = accounts::register(state, &root, meta, account)
+        .await
+        .map_err(|e| fail("registering the demo account", e))?;
+    safehold_jobs::discovery::refresh_account(&state.cloud, tenant, &row).await;
     tracing::info!(
         organisation = DEMO_ORG,
         username = DEMO_USER,
@@ -172,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             let (url, pg) = database(&cli).await?;
-            let result = serve(url, None).await;
+            let result = serve(url, keyring(&cli.data_dir)?, None).await;
             if let Some(pg) = pg {
                 pg.stop().await;
             }
@@ -183,11 +254,11 @@ async fn main() -> anyhow::Result<()> {
             let emulator = match std::env::var("SAFEHOLD_AWS_ENDPOINT") {
                 Ok(endpoint) => (endpoint, None),
                 Err(_) => {
-                    let emulator = embedded::Emulator::start(None).await?;
+                    let emulator = safehold_cloud::emulator::Emulator::start(None).await?;
                     (emulator.endpoint.clone(), Some(emulator))
                 }
             };
-            let result = serve(url, Some(emulator.0)).await;
+            let result = serve(url, keyring(&cli.data_dir)?, Some(emulator.0)).await;
             drop(emulator.1);
             if let Some(pg) = pg {
                 pg.stop().await;
@@ -198,11 +269,22 @@ async fn main() -> anyhow::Result<()> {
             let (url, _pg) = database(&cli).await?;
             let pool = safehold_projections::db::connect(&url, 5).await?;
             safehold_projections::db::migrate(&pool).await?;
+            let endpoint =
+                safehold_cloud::access::Endpoint(std::env::var("SAFEHOLD_AWS_ENDPOINT").ok());
+            let cloud =
+                safehold_cloud::resolve::Cloud::new(pool, endpoint, keyring(&cli.data_dir)?);
             let (stop_tx, stop_rx) = watch::channel(false);
-            let workers = tokio::spawn(background(pool, stop_rx));
+            let workers = tokio::spawn(background(cloud, stop_rx));
             tokio::signal::ctrl_c().await?;
             let _ = stop_tx.send(true);
             let _ = workers.await;
+        }
+        Command::ReencryptSecrets => {
+            let (url, _pg) = database(&cli).await?;
+            let pool = safehold_projections::db::connect(&url, 2).await?;
+            safehold_projections::db::migrate(&pool).await?;
+            let n = safehold_cloud::secrets::reencrypt_all(&pool, &keyring(&cli.data_dir)?).await?;
+            println!("re-encrypted {n} secrets");
         }
         Command::Projections { command } => {
             let (url, _pg) = database(&cli).await?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
+use safehold_domain::account::{Account, AccountCommand};
 use safehold_domain::ids::stream_id;
 use safehold_domain::tenant::{Tenant, TenantCommand, TenantState};
 use safehold_domain::user::{User, UserCommand, UserState};
@@ -22,6 +23,7 @@ pub struct Commands {
     pool: PgPool,
     tenants: PostgresCqrs<Tenant>,
     users: PostgresCqrs<User>,
+    accounts: PostgresCqrs<Account>,
 }
 
 fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> PostgresCqrs<A> {
@@ -37,6 +39,7 @@ impl Commands {
         Self {
             tenants: framework(&pool),
             users: framework(&pool),
+            accounts: framework(&pool),
             pool,
         }
     }
@@ -94,6 +97,16 @@ impl Commands {
     ) -> Result<(), ApiError> {
         let stream = stream_id(meta.tenant_id, user.0);
         self.run(&self.users, stream, command, meta).await
+    }
+
+    pub async fn account(
+        &self,
+        meta: &CommandMetadata,
+        account: uuid::Uuid,
+        command: AccountCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, account);
+        self.run(&self.accounts, stream, command, meta).await
     }
 
     /// The current state of a tenant, from the event log.

@@ -12,6 +12,10 @@ pub struct Config {
     /// must share it.
     pub jwt_secret: Vec<u8>,
     pub access_token_minutes: i64,
+    /// AWS endpoint override (the emulator); `None` for real AWS.
+    pub aws_endpoint: safehold_cloud::access::Endpoint,
+    /// Master keys for secrets at rest.
+    pub keyring: safehold_cloud::secrets::Keyring,
 }
 
 impl std::fmt::Debug for Config {
@@ -26,9 +30,12 @@ impl std::fmt::Debug for Config {
 
 impl Config {
     /// Reads `SAFEHOLD_BIND` (default 127.0.0.1:8080), `SAFEHOLD_JWT_SECRET`
-    /// (random per process when unset) and `SAFEHOLD_ACCESS_TOKEN_MINUTES`
-    /// (default 15).
-    pub fn from_env(database_url: String) -> anyhow::Result<Self> {
+    /// (random per process when unset), `SAFEHOLD_ACCESS_TOKEN_MINUTES`
+    /// (default 15) and `SAFEHOLD_AWS_ENDPOINT`; the keyring comes from the caller.
+    pub fn from_env(
+        database_url: String,
+        keyring: safehold_cloud::secrets::Keyring,
+    ) -> anyhow::Result<Self> {
         let bind = std::env::var("SAFEHOLD_BIND")
             .unwrap_or_else(|_| "127.0.0.1:8080".into())
             .parse()
@@ -47,21 +54,28 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("SAFEHOLD_ACCESS_TOKEN_MINUTES: {e}"))?,
             Err(_) => 15,
         };
+        let aws_endpoint =
+            safehold_cloud::access::Endpoint(std::env::var("SAFEHOLD_AWS_ENDPOINT").ok());
         Ok(Self {
             database_url,
             bind,
             jwt_secret,
             access_token_minutes,
+            aws_endpoint,
+            keyring,
         })
     }
 
-    /// A configuration for tests and tools: random port and secret.
-    pub fn ephemeral(database_url: String) -> Self {
+    /// A configuration for tests and tools: random port, secret and master
+    /// key, AWS at `aws_endpoint`.
+    pub fn ephemeral(database_url: String, aws_endpoint: Option<String>) -> Self {
         Self {
             database_url,
             bind: "127.0.0.1:0".parse().expect("valid address"),
             jwt_secret: random_secret(),
             access_token_minutes: 15,
+            aws_endpoint: safehold_cloud::access::Endpoint(aws_endpoint),
+            keyring: safehold_cloud::secrets::Keyring::generate("test"),
         }
     }
 }

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{audit, auth, health, me, settings, signup, users};
+use crate::routes::{accounts, audit, auth, health, me, settings, signup, users};
 
 struct BearerAuth;
 
@@ -41,6 +41,9 @@ impl Modify for BearerAuth {
         users::set_permissions, users::reset_password, users::delete_user,
         settings::get_settings, settings::put_settings,
         audit::list_audit,
+        accounts::register_account, accounts::list_accounts, accounts::get_account,
+        accounts::update_account, accounts::rotate_keys, accounts::remove_account,
+        accounts::discover, accounts::list_resources,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -49,6 +52,7 @@ impl Modify for BearerAuth {
         (name = "me", description = "The signed-in user's own password and API keys"),
         (name = "users", description = "Root, independent, managed and delegate users"),
         (name = "audit", description = "Who did what, and when"),
+        (name = "accounts", description = "AWS accounts, how they are reached, and their resources"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

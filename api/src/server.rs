@@ -10,7 +10,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::body;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{audit, auth, health, me, settings, signup, users};
+use crate::routes::{accounts, audit, auth, health, me, settings, signup, users};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,6 +39,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(settings::get_settings)
         .service(settings::put_settings)
         .service(audit::list_audit)
+        .service(accounts::register_account)
+        .service(accounts::list_accounts)
+        .service(accounts::get_account)
+        .service(accounts::update_account)
+        .service(accounts::rotate_keys)
+        .service(accounts::remove_account)
+        .service(accounts::discover)
+        .service(accounts::list_resources)
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 

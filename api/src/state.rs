@@ -1,3 +1,4 @@
+use safehold_cloud::resolve::Cloud;
 use sqlx::PgPool;
 
 use crate::commands::Commands;
@@ -8,14 +9,21 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Config,
     pub commands: Commands,
+    pub cloud: Cloud,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, config: Config) -> Self {
+        let cloud = Cloud::new(
+            pool.clone(),
+            config.aws_endpoint.clone(),
+            config.keyring.clone(),
+        );
         Self {
             commands: Commands::new(pool.clone()),
             pool,
             config,
+            cloud,
         }
     }
 }

@@ -1,6 +1,12 @@
 //! Safehold's only door to AWS. Every client takes an optional endpoint
 //! override so the same code runs against AWS or the local emulator.
 
+pub mod access;
+pub mod emulator;
+pub mod inventory;
+pub mod resolve;
+pub mod secrets;
+
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
 use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, ResourceType, Tag, TagSpecification};

@@ -2,6 +2,7 @@
 //! pure rules they enforce. Nothing here performs IO.
 
 pub mod access;
+pub mod account;
 pub mod error;
 pub mod ids;
 pub mod metadata;

@@ -1,20 +1,26 @@
-//! Background work. For now: periodic housekeeping (audit retention).
+//! Background work: periodic housekeeping and resource discovery.
+
+pub mod discovery;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use safehold_cloud::resolve::Cloud;
 use tokio::sync::watch;
 
-/// Removes audit entries past each tenant's retention, hourly.
-pub async fn housekeeping(pool: PgPool, mut stop: watch::Receiver<bool>) {
+/// Hourly: removes audit entries past each tenant's retention and refreshes
+/// the inventory of every account with scanning enabled.
+pub async fn housekeeping(cloud: Cloud, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = every.tick() => {
-                match safehold_projections::audit::purge_expired(&pool).await {
+                match safehold_projections::audit::purge_expired(&cloud.pool).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(rows = n, "purged expired audit entries"),
                     Err(e) => tracing::warn!(error = %e, "audit purge failed"),
+                }
+                if let Err(e) = discovery::refresh_all(&cloud).await {
+                    tracing::warn!(error = %e, "periodic discovery failed");
                 }
             }
             _ = stop.changed() => return,

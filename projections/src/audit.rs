@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
+use safehold_domain::account::{Account, AccountEvent};
 use safehold_domain::tenant::{Tenant, TenantEvent};
 use safehold_domain::user::{User, UserEvent};
 use safehold_domain::TenantId;
@@ -13,19 +14,39 @@ use crate::runtime::{Projection, StoredEvent};
 
 pub struct AuditProjection;
 
-async fn username(
+async fn name_of(
     tx: &mut PgConnection,
     tenant: Uuid,
-    user: Option<Uuid>,
+    entity: Option<Uuid>,
 ) -> anyhow::Result<Option<String>> {
-    let Some(user) = user else { return Ok(None) };
-    Ok(sqlx::query_scalar(
-        "SELECT username FROM audit_user_names WHERE tenant_id = $1 AND user_id = $2",
+    let Some(entity) = entity else {
+        return Ok(None);
+    };
+    Ok(
+        sqlx::query_scalar("SELECT name FROM audit_names WHERE tenant_id = $1 AND entity_id = $2")
+            .bind(tenant)
+            .bind(entity)
+            .fetch_optional(&mut *tx)
+            .await?,
+    )
+}
+
+async fn remember_name(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    entity: Option<Uuid>,
+    name: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_names (tenant_id, entity_id, name) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id, entity_id) DO UPDATE SET name = EXCLUDED.name",
     )
     .bind(tenant)
-    .bind(user)
-    .fetch_optional(&mut *tx)
-    .await?)
+    .bind(entity)
+    .bind(name)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -35,7 +56,7 @@ impl Projection for AuditProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["audit_log", "audit_user_names"]
+        &["audit_log", "audit_names"]
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
@@ -44,17 +65,21 @@ impl Projection for AuditProjection {
             let decoded: UserEvent = event.decode()?;
             let subject = event.entity_id();
             if let UserEvent::UserCreated { username, .. } = &decoded {
-                sqlx::query(
-                    "INSERT INTO audit_user_names (tenant_id, user_id, username) VALUES ($1, $2, $3)
-                     ON CONFLICT (tenant_id, user_id) DO UPDATE SET username = EXCLUDED.username",
-                )
-                .bind(tenant)
-                .bind(subject)
-                .bind(username)
-                .execute(&mut *tx)
-                .await?;
+                remember_name(tx, tenant, subject, username).await?;
             }
-            let name = username(tx, tenant, subject).await?.unwrap_or_default();
+            let name = name_of(tx, tenant, subject).await?.unwrap_or_default();
+            decoded.describe(&name)
+        } else if event.aggregate_type == Account::TYPE {
+            let decoded: AccountEvent = event.decode()?;
+            let subject = event.entity_id();
+            match &decoded {
+                AccountEvent::AccountRegistered { name, .. }
+                | AccountEvent::AccountUpdated { name, .. } => {
+                    remember_name(tx, tenant, subject, name).await?;
+                }
+                _ => {}
+            }
+            let name = name_of(tx, tenant, subject).await?.unwrap_or_default();
             decoded.describe(&name)
         } else if event.aggregate_type == Tenant::TYPE {
             event.decode::<TenantEvent>()?.describe()
@@ -63,8 +88,8 @@ impl Projection for AuditProjection {
         };
         let user_id = event.metadata.user_id.map(|u| u.0);
         let delegate_id = event.metadata.delegate_id.map(|u| u.0);
-        let user_name = username(tx, tenant, user_id).await?;
-        let delegate_name = username(tx, tenant, delegate_id).await?;
+        let user_name = name_of(tx, tenant, user_id).await?;
+        let delegate_name = name_of(tx, tenant, delegate_id).await?;
         sqlx::query(
             "INSERT INTO audit_log (tenant_id, position, occurred_at, event_type, aggregate_type,
                     aggregate_id, description, user_id, username, delegate_id, delegate_username,

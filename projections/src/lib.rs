@@ -5,6 +5,7 @@
 //! `migrations/*_event_store.sql`), applying each batch and the new checkpoint
 //! in one transaction, so a crash anywhere resumes exactly where it stopped.
 
+pub mod accounts;
 pub mod audit;
 pub mod db;
 pub mod runtime;

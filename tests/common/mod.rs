@@ -38,8 +38,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Self {
+        Self::start_with_aws(None).await
+    }
+
+    /// A server whose AWS is the emulator at `aws_endpoint`.
+    pub async fn start_with_aws(aws_endpoint: Option<String>) -> Self {
         let (url, pool) = fresh_database().await;
-        let state = web::Data::new(AppState::new(pool.clone(), Config::ephemeral(url.clone())));
+        let config = Config::ephemeral(url.clone(), aws_endpoint);
+        let state = web::Data::new(AppState::new(pool.clone(), config));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = safehold_api::server::serve(state, listener).unwrap();

@@ -35,25 +35,39 @@ pub struct LiveSession {
     pub must_change_password: bool,
 }
 
-/// Marks the session as used now, if it is still alive.
+/// Returns the session if it is still alive, recording the use. The write
+/// happens at most once a minute per session: idle limits are minutes long,
+/// and a write per request would cost a disk flush each.
 pub async fn touch(
     pool: &PgPool,
     tenant: Uuid,
     session: Uuid,
     user: Uuid,
 ) -> Result<Option<LiveSession>, ApiError> {
-    let row: Option<(Uuid, bool)> = sqlx::query_as(
-        "UPDATE sessions SET last_seen_at = now()
+    let row: Option<(Uuid, bool, bool)> = sqlx::query_as(
+        "SELECT user_id, must_change_password, last_seen_at < now() - interval '1 minute'
+           FROM sessions
           WHERE tenant_id = $1 AND session_id = $2 AND user_id = $3 AND revoked_at IS NULL
-            AND last_seen_at > now() - make_interval(mins => idle_minutes)
-          RETURNING user_id, must_change_password",
+            AND last_seen_at > now() - make_interval(mins => idle_minutes)",
     )
     .bind(tenant)
     .bind(session)
     .bind(user)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(user_id, must_change_password)| LiveSession {
+    let Some((user_id, must_change_password, stale)) = row else {
+        return Ok(None);
+    };
+    if stale {
+        sqlx::query(
+            "UPDATE sessions SET last_seen_at = now() WHERE tenant_id = $1 AND session_id = $2",
+        )
+        .bind(tenant)
+        .bind(session)
+        .execute(pool)
+        .await?;
+    }
+    Ok(Some(LiveSession {
         user_id,
         must_change_password,
     }))

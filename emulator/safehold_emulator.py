@@ -1,0 +1,616 @@
+#!/usr/bin/env python3
+"""Safehold's local AWS emulator: moto (pinned ``moto[server]==5.2.5``) in
+server mode, plus a small patch layer that closes the gaps between moto and the
+AWS behaviour Safehold depends on.
+
+Run::
+
+    python3 emulator/safehold_emulator.py --host 127.0.0.1 --port 5000 \
+        [--pending-polls N] [--seed S] [--log-requests]
+
+When the socket is bound it prints one line, ``ready http://HOST:PORT``, to
+stdout (``--port 0`` picks a free port and prints it). Request logging is off
+unless ``--log-requests`` is given, so a parent that pipes stderr and never
+reads it cannot block the server. ``MOTO_EC2_LOAD_DEFAULT_AMIS`` is forced to
+``false`` before moto is imported, so no account starts with the ~1,300
+snapshots of moto's bundled public AMIs.
+
+Control endpoints (not AWS; JSON in, JSON out):
+
+* ``POST /_safehold/faults`` adds a fault rule, ``GET`` lists the rules with
+  how often each fired, ``DELETE`` removes them all.
+* ``GET /_safehold/config`` shows and ``POST /_safehold/config`` changes the
+  runtime settings (``{"pending_polls": N}``).
+
+Patches, each modelling documented AWS behaviour:
+
+a. ``FaultInjector`` (WSGI middleware): injects the failures every AWS client
+   must survive. A rule ``{"action", "kind", "probability", "count",
+   "delay_ms"}`` matches the API action (query protocol ``Action=`` in the
+   query string or form body, or the JSON protocol ``X-Amz-Target`` header;
+   ``"*"`` matches any action). Kinds:
+   ``throttle`` answers HTTP 400 with the service's throttling error: EC2
+   ``<Response><Errors><Error><Code>RequestLimitExceeded``; other query/XML
+   services (RDS, Redshift, STS, SNS) ``<ErrorResponse><Error><Type>Sender
+   </Type><Code>Throttling``; JSON services (DynamoDB)
+   ``{"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException"}``.
+   ``server_error`` answers HTTP 500 in the same formats with EC2's
+   ``InternalError``, the query services' ``InternalFailure`` and DynamoDB's
+   ``InternalServerError``. ``latency`` sleeps ``delay_ms`` and passes the
+   request on. The first rule that matches, has firings left (``count``;
+   ``null`` is unlimited) and wins its ``probability`` roll (seedable RNG,
+   ``--seed``) decides.
+b. ``patch_snapshots_pending_for_polls``: EBS snapshots are created in state
+   ``pending`` and reach ``completed`` asynchronously, so callers poll
+   DescribeSnapshots. Snapshots made by CreateSnapshot, CreateSnapshots and
+   CopySnapshot report ``State=pending`` and a ``Progress`` below 100% in the
+   first N DescribeSnapshots calls that return them, then ``completed`` and
+   ``100%``. N is ``--pending-polls`` (default 0: moto's immediate completion)
+   or set at runtime; a snapshot keeps the N in force when it was created.
+   A ``status`` filter is applied after the poll is counted, so waiting with
+   ``Filters=[status=completed]`` terminates. CreateSnapshots' answer carries
+   each snapshot's State (moto leaves it out).
+c. ``patch_shared_snapshots``: DescribeSnapshots returns "public snapshots,
+   private snapshots that you own, and private snapshots owned by other
+   accounts for which you have explicit create volume permissions". After
+   ModifySnapshotAttribute grants createVolumePermission to account B, B
+   sees the snapshot (by ``SnapshotIds``, by ``RestorableByUserIds``, by
+   ``OwnerIds`` or the ``owner-id`` filter of the sharer, and unfiltered) and
+   can CopySnapshot it, also from another ``SourceRegion``; the copy is owned
+   by B. A snapshot that is not shared stays ``InvalidSnapshot.NotFound``
+   for B. ``OwnerIds`` (account ids, ``self``, ``amazon``) and
+   ``RestorableByUserIds`` (account ids, ``self``, ``all``), which moto
+   ignores, are honoured.
+d. ``patch_register_image_block_device_mappings``: RegisterImage with
+   ``BlockDeviceMappings`` creates an AMI backed by the given snapshots: each
+   EBS mapping appears in DescribeImages with its SnapshotId and VolumeSize
+   (default: the snapshot's size), DeleteOnTermination (default true),
+   VolumeType (default gp2) and the snapshot's encryption; ``RootDeviceName``
+   is kept. A snapshot backing a registered AMI cannot be deleted
+   (``InvalidSnapshot.InUse``) until the AMI is deregistered.
+e. ``patch_create_image_snapshots_volumes``: CreateImage "creates a snapshot
+   of each EBS volume attached to the instance": one snapshot per attached
+   volume, described ``Created by CreateImage(i-...) for ami-... from
+   vol-...``, listed in the AMI's BlockDeviceMappings under the volume's
+   device name with its size and type, and tagged with the ``snapshot``
+   TagSpecifications of the request (moto rejects those).
+f. ``patch_copy_image_copies_snapshots``: CopyImage copies every snapshot
+   backing the source AMI into the destination region, so the copy's
+   BlockDeviceMappings name the same devices and sizes with new snapshot ids
+   (needed for AMIs shaped by patches d and e).
+
+Known remaining difference: the grantee of a shared snapshot also sees the
+owner's tags on it (AWS shows tags to the owner only).
+"""
+
+import argparse
+import io
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs
+
+os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+
+from werkzeug.serving import make_server  # noqa: E402
+
+from moto.core.responses import ActionResult  # noqa: E402
+from moto.ec2.exceptions import EC2ClientError  # noqa: E402
+from moto.ec2.models import ec2_backends  # noqa: E402
+from moto.ec2.models.amis import Ami, AmiBackend  # noqa: E402
+from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot  # noqa: E402
+from moto.ec2.responses.amis import AmisResponse  # noqa: E402
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore  # noqa: E402
+from moto.ec2.utils import generic_filter, random_snapshot_id  # noqa: E402
+from moto.moto_server.werkzeug_app import (  # noqa: E402
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+
+FAULT_KINDS = ("throttle", "server_error", "latency")
+
+
+class Settings:
+    """Runtime settings changed through ``/_safehold/config``."""
+
+    def __init__(self, pending_polls):
+        self.pending_polls = pending_polls
+
+    def as_dict(self):
+        return {"pending_polls": self.pending_polls}
+
+
+# --------------------------------------------------------------------------
+# a. fault injection
+# --------------------------------------------------------------------------
+
+
+def _json_response(start_response, status, payload):
+    body = json.dumps(payload).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+def _read_json(environ):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    return json.loads(raw or b"{}")
+
+
+def _aws_error(environ, target, code_kind):
+    """The (status, headers, body) of an AWS error of ``code_kind``
+    ("throttle" or "server_error") in the protocol of the request."""
+    request_id = str(uuid.uuid4())
+    throttle = code_kind == "throttle"
+    status = "400 Bad Request" if throttle else "500 Internal Server Error"
+    if target:
+        prefix = target.split(".")[0]
+        if prefix.startswith("DynamoDB_"):
+            namespace = "com.amazonaws.dynamodb.v" + prefix[len("DynamoDB_"):] + "#"
+            code = "ThrottlingException" if throttle else "InternalServerError"
+        else:
+            namespace = ""
+            code = "ThrottlingException" if throttle else "InternalFailure"
+        body = json.dumps({"__type": namespace + code, "message": "Rate exceeded" if throttle else "Internal server error"})
+        headers = [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-RequestId", request_id)]
+    elif "/ec2/aws4_request" in environ.get("HTTP_AUTHORIZATION", ""):
+        code = "RequestLimitExceeded" if throttle else "InternalError"
+        message = "Request limit exceeded." if throttle else "An internal error has occurred."
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+            f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+            f"<RequestID>{request_id}</RequestID></Response>"
+        )
+        headers = [("Content-Type", "text/xml;charset=UTF-8")]
+    else:
+        code = "Throttling" if throttle else "InternalFailure"
+        message = "Rate exceeded" if throttle else "An internal error has occurred."
+        body = (
+            "<ErrorResponse><Error>"
+            f"<Type>{'Sender' if throttle else 'Receiver'}</Type>"
+            f"<Code>{code}</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+        )
+        headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
+    body = body.encode()
+    return status, headers + [("Content-Length", str(len(body)))], body
+
+
+class FaultInjector:
+    """WSGI middleware in front of moto: serves ``/_safehold/*`` and injects
+    throttling errors, 5xx errors and latency per the fault rules."""
+
+    def __init__(self, app, settings, seed):
+        self.app = app
+        self.settings = settings
+        self.rng = random.Random(seed)
+        self.rules = []
+        self.next_rule_id = 1
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/_safehold/faults":
+            return self.faults_endpoint(environ, start_response)
+        if path == "/_safehold/config":
+            return self.config_endpoint(environ, start_response)
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        rule = self.firing_rule(self.action_of(environ, target))
+        if rule is None:
+            return self.app(environ, start_response)
+        if rule["kind"] == "latency":
+            time.sleep(rule["delay_ms"] / 1000.0)
+            return self.app(environ, start_response)
+        status, headers, body = _aws_error(environ, target, rule["kind"])
+        start_response(status, headers)
+        return [body]
+
+    @staticmethod
+    def action_of(environ, target):
+        """The API action: ``X-Amz-Target``'s operation, else ``Action=`` of
+        the query string or of a form body (which is put back for moto)."""
+        if target:
+            return target.rsplit(".", 1)[-1]
+        action = parse_qs(environ.get("QUERY_STRING", "")).get("Action")
+        if action:
+            return action[0]
+        if not environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            return None
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if not length:
+            return None
+        body = environ["wsgi.input"].read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = parse_qs(body.decode("utf-8", "replace")).get("Action")
+        return action[0] if action else None
+
+    def firing_rule(self, action):
+        if action is None:
+            return None
+        with self.lock:
+            for rule in self.rules:
+                if rule["action"] not in ("*", action):
+                    continue
+                if rule["count"] is not None and rule["fired"] >= rule["count"]:
+                    continue
+                if self.rng.random() < rule["probability"]:
+                    rule["fired"] += 1
+                    return dict(rule)
+        return None
+
+    def faults_endpoint(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        if method == "GET":
+            with self.lock:
+                return _json_response(start_response, "200 OK", {"rules": [dict(r) for r in self.rules]})
+        if method == "DELETE":
+            with self.lock:
+                self.rules.clear()
+            return _json_response(start_response, "200 OK", {"rules": []})
+        if method != "POST":
+            return _json_response(start_response, "405 Method Not Allowed", {"error": "use GET, POST or DELETE"})
+        try:
+            rule = self.parse_rule(_read_json(environ))
+        except (ValueError, TypeError) as error:
+            return _json_response(start_response, "400 Bad Request", {"error": str(error)})
+        with self.lock:
+            rule["id"] = self.next_rule_id
+            self.next_rule_id += 1
+            self.rules.append(rule)
+            return _json_response(start_response, "201 Created", dict(rule))
+
+    @staticmethod
+    def parse_rule(spec):
+        if not isinstance(spec, dict):
+            raise ValueError("a fault rule is a JSON object")
+        action = spec.get("action", "*")
+        kind = spec.get("kind")
+        probability = float(spec.get("probability", 1.0))
+        count = spec.get("count")
+        delay_ms = int(spec.get("delay_ms", 0))
+        if not isinstance(action, str) or not action:
+            raise ValueError("action must be an API action name or '*'")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
+        if count is not None and (not isinstance(count, int) or count < 0):
+            raise ValueError("count must be null or a non-negative integer")
+        if delay_ms < 0:
+            raise ValueError("delay_ms must be non-negative")
+        return {"action": action, "kind": kind, "probability": probability,
+                "count": count, "delay_ms": delay_ms, "fired": 0}
+
+    def config_endpoint(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        if method == "POST":
+            try:
+                polls = int(_read_json(environ)["pending_polls"])
+                if polls < 0:
+                    raise ValueError("pending_polls must be non-negative")
+            except (KeyError, ValueError, TypeError) as error:
+                return _json_response(start_response, "400 Bad Request", {"error": f"bad pending_polls: {error}"})
+            self.settings.pending_polls = polls
+        elif method != "GET":
+            return _json_response(start_response, "405 Method Not Allowed", {"error": "use GET or POST"})
+        return _json_response(start_response, "200 OK", self.settings.as_dict())
+
+
+# --------------------------------------------------------------------------
+# b. snapshots pending for N polls
+# --------------------------------------------------------------------------
+
+
+def patch_snapshots_pending_for_polls(settings):
+    """CreateSnapshot(s)/CopySnapshot snapshots stay ``pending`` (Progress
+    < 100%) in the first N DescribeSnapshots calls that return them."""
+    lock = threading.Lock()
+    describe_call = threading.local()
+    original_create = EBSBackend.create_snapshot
+    original_copy = EBSBackend.copy_snapshot
+    original_describe = EBSBackend.describe_snapshots
+    original_describe_action = ElasticBlockStore.describe_snapshots
+
+    def start_pending(snapshot):
+        if settings.pending_polls > 0:
+            snapshot.status = "pending"
+            snapshot.safehold_progress = "0%"
+            snapshot.safehold_polls_total = snapshot.safehold_polls_left = settings.pending_polls
+        return snapshot
+
+    def advance(snapshot):
+        if snapshot.status != "pending" or not hasattr(snapshot, "safehold_polls_left"):
+            return
+        total, left = snapshot.safehold_polls_total, snapshot.safehold_polls_left
+        if left == 0:
+            snapshot.status = "completed"
+            snapshot.safehold_progress = "100%"
+        else:
+            snapshot.safehold_progress = f"{(total - left) * 100 // total}%"
+            snapshot.safehold_polls_left = left - 1
+
+    def create_snapshot(self, volume_id, description, owner_id=None, from_ami=None):
+        snapshot = original_create(self, volume_id, description, owner_id=owner_id, from_ami=from_ami)
+        return snapshot if from_ami else start_pending(snapshot)
+
+    def copy_snapshot(self, *args, **kwargs):
+        return start_pending(original_copy(self, *args, **kwargs))
+
+    def describe_snapshots(self, snapshot_ids=None, filters=None, **kwargs):
+        if not getattr(describe_call, "active", False):
+            return original_describe(self, snapshot_ids, filters, **kwargs)
+        filters = dict(filters or {})
+        status_filter = filters.pop("status", None)
+        snapshots = original_describe(self, snapshot_ids, filters, **kwargs)
+        with lock:
+            for snapshot in snapshots:
+                advance(snapshot)
+        if status_filter is not None:
+            snapshots = generic_filter({"status": status_filter}, snapshots)
+        return snapshots
+
+    def describe_snapshots_action(self):
+        describe_call.active = True
+        try:
+            return original_describe_action(self)
+        finally:
+            describe_call.active = False
+
+    Snapshot.progress = property(lambda snapshot: getattr(snapshot, "safehold_progress", "100%"))
+    # CreateSnapshots' SnapshotInfo serializes State as ``state``, not ``status``.
+    Snapshot.state = property(lambda snapshot: snapshot.status)
+    EBSBackend.create_snapshot = create_snapshot
+    EBSBackend.copy_snapshot = copy_snapshot
+    EBSBackend.describe_snapshots = describe_snapshots
+    ElasticBlockStore.describe_snapshots = describe_snapshots_action
+
+
+# --------------------------------------------------------------------------
+# c. shared snapshots visible and copyable by the grantee
+# --------------------------------------------------------------------------
+
+
+def patch_shared_snapshots():
+    """DescribeSnapshots (and so CopySnapshot) in account B also covers other
+    accounts' snapshots of the region that grant B (or ``all``)
+    createVolumePermission; OwnerIds and RestorableByUserIds are honoured."""
+
+    def shared_with(backend):
+        caller, region = backend.account_id, backend.region_name
+        for account_id, regions in list(ec2_backends.items()):
+            owner_backend = dict.get(regions, region)
+            if account_id == caller or owner_backend is None:
+                continue
+            for snapshot in list(owner_backend.snapshots.values()):
+                if (caller in snapshot.create_volume_permission_userids
+                        or "all" in snapshot.create_volume_permission_groups):
+                    yield snapshot
+
+    def restorable_by(snapshot, user, caller):
+        if user == "all":
+            return "all" in snapshot.create_volume_permission_groups
+        if user == "self":
+            user = caller
+        return user == snapshot.owner_id or user in snapshot.create_volume_permission_userids
+
+    def describe_snapshots(self, snapshot_ids=None, filters=None, owner_ids=None, restorable_by_ids=None):
+        matches = list(self.snapshots.values()) + list(shared_with(self))
+        if snapshot_ids:
+            matches = [s for s in matches if s.id in snapshot_ids]
+            missing = sorted(set(snapshot_ids) - {s.id for s in matches})
+            if missing:
+                raise EC2ClientError("InvalidSnapshot.NotFound", f"The snapshot '{missing[0]}' does not exist.")
+        if owner_ids:
+            owners = {self.account_id if o == "self" else o for o in owner_ids}
+            matches = [s for s in matches if s.owner_id in owners]
+        if restorable_by_ids:
+            matches = [s for s in matches
+                       if any(restorable_by(s, u, self.account_id) for u in restorable_by_ids)]
+        return generic_filter(filters, matches) if filters else matches
+
+    def describe_snapshots_action(self):
+        snapshots = self.ec2_backend.describe_snapshots(
+            snapshot_ids=self._get_param("SnapshotIds", []),
+            filters=self._filters_from_querystring(),
+            owner_ids=self._get_param("OwnerIds", []),
+            restorable_by_ids=self._get_param("RestorableByUserIds", []),
+        )
+        return ActionResult({"Snapshots": snapshots})
+
+    EBSBackend.describe_snapshots = describe_snapshots
+    ElasticBlockStore.describe_snapshots = describe_snapshots_action
+
+
+# --------------------------------------------------------------------------
+# d, e, f. AMIs with the block device mappings AWS gives them
+# --------------------------------------------------------------------------
+
+
+def let_amis_carry_block_device_mappings():
+    """Foundation of patches d, e and f: an AMI may carry explicit
+    BlockDeviceMappings, which then replace moto's fixed 15 GiB root."""
+    moto_mappings = Ami.block_device_mappings.fget
+    Ami.block_device_mappings = property(
+        lambda ami: getattr(ami, "safehold_block_device_mappings", None) or moto_mappings(ami)
+    )
+
+
+def _set_ami_mappings(ami, mappings, root_device_name):
+    """Give ``ami`` explicit mappings and drop moto's placeholder snapshot."""
+    ami.safehold_block_device_mappings = mappings
+    ami.root_device_name = root_device_name
+    ami.root_device_type = "ebs"
+    ami.ec2_backend.snapshots.pop(ami.ebs_snapshot.id, None)
+
+
+def _flag(value, default):
+    if value is None:
+        return default
+    return value if isinstance(value, bool) else str(value).lower() == "true"
+
+
+def patch_register_image_block_device_mappings():
+    """RegisterImage honours BlockDeviceMappings and RootDeviceName."""
+    original_register = AmiBackend.register_image
+
+    def resolve(backend, mapping):
+        ebs = mapping.get("Ebs")
+        if not ebs:
+            return {k: v for k, v in mapping.items() if k in ("DeviceName", "VirtualName", "NoDevice")}
+        snapshot = None
+        if ebs.get("SnapshotId"):
+            snapshot = backend.describe_snapshots(snapshot_ids=[ebs["SnapshotId"]])[0]
+        resolved = {
+            "SnapshotId": ebs.get("SnapshotId"),
+            "VolumeSize": int(ebs.get("VolumeSize") or (snapshot.volume_size if snapshot else 0)),
+            "DeleteOnTermination": _flag(ebs.get("DeleteOnTermination"), True),
+            "VolumeType": ebs.get("VolumeType") or "gp2",
+            "Encrypted": snapshot.encrypted if snapshot else _flag(ebs.get("Encrypted"), False),
+        }
+        for optional in ("Iops", "Throughput", "KmsKeyId"):
+            if ebs.get(optional) is not None:
+                resolved[optional] = ebs[optional]
+        return {"DeviceName": mapping.get("DeviceName"), "Ebs": resolved}
+
+    def register_image(self, name=None, description=None, block_device_mappings=None, root_device_name=None):
+        mappings = [resolve(self, m) for m in block_device_mappings or []]
+        ami = original_register(self, name, description)
+        if mappings:
+            _set_ami_mappings(ami, mappings, root_device_name or mappings[0]["DeviceName"])
+            for mapping in mappings:
+                snapshot = self.snapshots.get(mapping.get("Ebs", {}).get("SnapshotId"))
+                if snapshot is not None and not snapshot.from_ami:
+                    snapshot.from_ami = ami.id
+        return ami
+
+    def register_image_action(self):
+        self.error_on_dryrun()
+        image = self.ec2_backend.register_image(
+            self._get_param("Name"),
+            self._get_param("Description", ""),
+            block_device_mappings=self._get_param("BlockDeviceMappings", []),
+            root_device_name=self._get_param("RootDeviceName"),
+        )
+        return ActionResult({"ImageId": image.id})
+
+    AmiBackend.register_image = register_image
+    AmisResponse.register_image = register_image_action
+
+
+def patch_create_image_snapshots_volumes():
+    """CreateImage snapshots every attached volume and maps them by device."""
+    original_create_image = AmiBackend.create_image
+
+    def create_image(self, instance_id, name, description, tag_specifications):
+        snapshot_tags = [tag for spec in tag_specifications if spec["ResourceType"] == "snapshot"
+                         for tag in spec.get("Tags", [])]
+        other_specs = [spec for spec in tag_specifications if spec["ResourceType"] != "snapshot"]
+        ami = original_create_image(self, instance_id, name, description, other_specs)
+        instance = self.get_instance(instance_id)
+        mappings = []
+        for device, block in instance.get_block_device_mapping:
+            volume = self.get_volume(block.volume_id)
+            snapshot = self.create_snapshot(
+                volume.id,
+                f"Created by CreateImage({instance_id}) for {ami.id} from {volume.id}",
+                from_ami=ami.id,
+            )
+            for tag in snapshot_tags:
+                snapshot.add_tag(tag["Key"], tag["Value"])
+            ebs = {"SnapshotId": snapshot.id, "VolumeSize": volume.size,
+                   "DeleteOnTermination": bool(block.delete_on_termination),
+                   "VolumeType": volume.volume_type, "Encrypted": bool(volume.encrypted)}
+            if volume.iops:
+                ebs["Iops"] = volume.iops
+            mappings.append({"DeviceName": device, "Ebs": ebs})
+        if mappings:
+            _set_ami_mappings(ami, mappings, instance.root_device_name)
+        return ami
+
+    AmiBackend.create_image = create_image
+
+
+def patch_copy_image_copies_snapshots():
+    """CopyImage copies each snapshot of the source AMI's mappings."""
+    original_copy_image = AmiBackend.copy_image
+
+    def copy_image(self, source_image_id, source_region, name=None, description=None):
+        source_backend = ec2_backends[self.account_id][source_region]
+        source = source_backend.describe_images(ami_ids=[source_image_id])[0]
+        ami = original_copy_image(self, source_image_id, source_region, name, description)
+        source_mappings = getattr(source, "safehold_block_device_mappings", None)
+        if not source_mappings:
+            return ami
+        mappings = []
+        for mapping in source_mappings:
+            mapping = json.loads(json.dumps(mapping))
+            ebs = mapping.get("Ebs")
+            if ebs and ebs.get("SnapshotId"):
+                source_snapshot = source_backend.get_snapshot(ebs["SnapshotId"])
+                copy = Snapshot(
+                    self, random_snapshot_id(), source_snapshot.volume,
+                    f"Copied for DestinationAmi {ami.id} from SourceAmi {source.id} "
+                    f"for SourceSnapshot {source_snapshot.id}",
+                    encrypted=source_snapshot.encrypted, kms_key_id=source_snapshot.kms_key_id,
+                    from_ami=ami.id,
+                )
+                self.snapshots[copy.id] = copy
+                ebs["SnapshotId"] = copy.id
+            mappings.append(mapping)
+        _set_ami_mappings(ami, mappings, source.root_device_name)
+        return ami
+
+    AmiBackend.copy_image = copy_image
+
+
+def install_patches(settings):
+    """Apply every patch, in an order where wrappers see their base."""
+    patch_shared_snapshots()
+    patch_snapshots_pending_for_polls(settings)
+    let_amis_carry_block_device_mappings()
+    patch_register_image_block_device_mappings()
+    patch_create_image_snapshots_volumes()
+    patch_copy_image_copies_snapshots()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="moto server with Safehold's patch layer")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="0 picks a free port")
+    parser.add_argument("--pending-polls", type=int, default=0,
+                        help="DescribeSnapshots calls a new snapshot stays pending (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the fault-injection RNG")
+    parser.add_argument("--log-requests", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+    if args.pending_polls < 0:
+        parser.error("--pending-polls must be non-negative")
+
+    settings = Settings(args.pending_polls)
+    install_patches(settings)
+    app = FaultInjector(DomainDispatcherApplication(create_backend_app), settings, args.seed)
+    if not args.log_requests:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    os.environ.setdefault("MOTO_PORT", str(server.server_port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"ready http://{args.host}:{server.server_port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
