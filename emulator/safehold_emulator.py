@@ -20,7 +20,10 @@ Control endpoints (not AWS; JSON in, JSON out):
 * ``POST /_safehold/faults`` adds a fault rule, ``GET`` lists the rules with
   how often each fired, ``DELETE`` removes them all.
 * ``GET /_safehold/config`` shows and ``POST /_safehold/config`` changes the
-  runtime settings (``{"pending_polls": N}``).
+  runtime settings ``{"pending_polls": N, "rejected_access_keys": [...],
+  "root_access_keys": [...]}``. A POST sets the fields it names and keeps
+  the others (a key list replaces the previous one; ``[]`` empties it); an
+  unknown or invalid field rejects the whole POST with 400.
 
 Patches, each modelling documented AWS behaviour:
 
@@ -78,6 +81,25 @@ f. ``patch_copy_image_copies_snapshots``: CopyImage copies every snapshot
    backing the source AMI into the destination region, so the copy's
    BlockDeviceMappings name the same devices and sizes with new snapshot ids
    (needed for AMIs shaped by patches d and e).
+g. ``rejected_access_key_error`` (WSGI middleware, before fault rules): a
+   request signed with an unknown or deactivated access key fails
+   authentication. When the access key id of the SigV4 credential
+   (``Credential=AKID/date/region/service/aws4_request`` in the
+   ``Authorization`` header, or a presigned URL's ``X-Amz-Credential``) is in
+   ``rejected_access_keys``, the request is answered as AWS answers it:
+   query/XML services (STS, RDS, Redshift, SNS) HTTP 403 ``<ErrorResponse>
+   <Error><Type>Sender</Type><Code>InvalidClientTokenId`` "The security
+   token included in the request is invalid."; EC2 HTTP 401
+   ``<Response><Errors><Error><Code>AuthFailure`` "AWS was not able to
+   validate the provided access credentials"; DynamoDB HTTP 400
+   ``{"__type": "com.amazonaws.dynamodb.v20120810#UnrecognizedClientException"}``
+   with the security-token message; S3 HTTP 403 ``InvalidAccessKeyId``.
+h. ``patch_root_access_keys``: GetCallerIdentity called with an access key
+   of an account's root user returns ``Arn`` ``arn:aws:iam::<account>:root``
+   and ``UserId`` ``<account>``. Keys in ``root_access_keys`` (20-character
+   ids, as moto reads only those from a signature) are root keys of the
+   account moto assigns them (123456789012 for unknown keys); every other
+   call with them is unaffected.
 
 Known remaining difference: the grantee of a shared snapshot also sees the
 owner's tags on it (AWS shows tags to the owner only).
@@ -89,6 +111,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -113,18 +136,59 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.sts.models import STSBackend  # noqa: E402
+from moto.utilities.utils import get_partition  # noqa: E402
 
 FAULT_KINDS = ("throttle", "server_error", "latency")
+ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{20}")
 
 
 class Settings:
     """Runtime settings changed through ``/_safehold/config``."""
 
+    FIELDS = ("pending_polls", "rejected_access_keys", "root_access_keys")
+
     def __init__(self, pending_polls):
         self.pending_polls = pending_polls
+        self.rejected_access_keys = ()
+        self.root_access_keys = ()
 
     def as_dict(self):
-        return {"pending_polls": self.pending_polls}
+        return {
+            "pending_polls": self.pending_polls,
+            "rejected_access_keys": list(self.rejected_access_keys),
+            "root_access_keys": list(self.root_access_keys),
+        }
+
+    def update(self, changes):
+        """Apply the fields present in ``changes`` and keep the others; every
+        field is validated before any is applied (``ValueError`` if one is
+        bad). A key list replaces the previous list (``[]`` empties it)."""
+        if not isinstance(changes, dict) or not changes:
+            raise ValueError(f"expected a JSON object with some of {', '.join(self.FIELDS)}")
+        unknown = sorted(set(changes) - set(self.FIELDS))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}")
+        parsed = {}
+        if "pending_polls" in changes:
+            try:
+                polls = int(changes["pending_polls"])
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"bad pending_polls: {error}") from None
+            if polls < 0:
+                raise ValueError("bad pending_polls: pending_polls must be non-negative")
+            parsed["pending_polls"] = polls
+        for field in ("rejected_access_keys", "root_access_keys"):
+            if field in changes:
+                keys = changes[field]
+                if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+                    raise ValueError(f"bad {field}: expected a list of access key ids")
+                if field == "root_access_keys" and not all(ACCESS_KEY_ID.fullmatch(k) for k in keys):
+                    # moto's STS only reads AWS-shaped key ids from the signature.
+                    raise ValueError("bad root_access_keys: access key ids are 20 characters A-Z, 0-9")
+                parsed[field] = tuple(dict.fromkeys(keys))
+        for field, value in parsed.items():
+            setattr(self, field, value)
 
 
 # --------------------------------------------------------------------------
@@ -146,37 +210,62 @@ def _read_json(environ):
     return json.loads(raw or b"{}")
 
 
-def _aws_error(environ, target, code_kind):
-    """The (status, headers, body) of an AWS error of ``code_kind``
-    ("throttle" or "server_error") in the protocol of the request."""
-    request_id = str(uuid.uuid4())
-    throttle = code_kind == "throttle"
-    status = "400 Bad Request" if throttle else "500 Internal Server Error"
+def _signing_credential(environ):
+    """The (access key id, service) of the request's SigV4 credential scope
+    ``Credential=AKID/date/region/service/aws4_request`` (``Authorization``
+    header, else a presigned URL's ``X-Amz-Credential``), or (None, None)."""
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    scope = None
+    if "Credential=" in authorization:
+        scope = authorization.split("Credential=", 1)[1].split(",", 1)[0].strip()
+    else:
+        presigned = parse_qs(environ.get("QUERY_STRING", "")).get("X-Amz-Credential")
+        scope = presigned[0] if presigned else None
+    if not scope:
+        return None, None
+    parts = scope.split("/")
+    return parts[0] or None, parts[3] if len(parts) == 5 else None
+
+
+def _protocol_of(environ, target):
+    """The protocol an error answer must use: ``dynamodb`` or ``json``
+    (``X-Amz-Target``), ``ec2`` (EC2's query dialect), ``s3`` (REST-XML) or
+    ``query`` (RDS, Redshift, STS, SNS, ...)."""
     if target:
-        prefix = target.split(".")[0]
-        if prefix.startswith("DynamoDB_"):
-            namespace = "com.amazonaws.dynamodb.v" + prefix[len("DynamoDB_"):] + "#"
-            code = "ThrottlingException" if throttle else "InternalServerError"
-        else:
-            namespace = ""
-            code = "ThrottlingException" if throttle else "InternalFailure"
-        body = json.dumps({"__type": namespace + code, "message": "Rate exceeded" if throttle else "Internal server error"})
+        return "dynamodb" if target.startswith("DynamoDB_") else "json"
+    service = _signing_credential(environ)[1]
+    if service in ("ec2", "s3"):
+        return service
+    return "query"
+
+
+def _error_response(protocol, target, status, code, message, error_type="Sender"):
+    """The (status, headers, body) of the AWS error ``code`` in ``protocol``."""
+    request_id = str(uuid.uuid4())
+    if protocol in ("dynamodb", "json"):
+        namespace = ""
+        if protocol == "dynamodb":
+            namespace = "com.amazonaws.dynamodb.v" + target.split(".")[0][len("DynamoDB_"):] + "#"
+        body = json.dumps({"__type": namespace + code, "message": message})
         headers = [("Content-Type", "application/x-amz-json-1.0"), ("x-amzn-RequestId", request_id)]
-    elif "/ec2/aws4_request" in environ.get("HTTP_AUTHORIZATION", ""):
-        code = "RequestLimitExceeded" if throttle else "InternalError"
-        message = "Request limit exceeded." if throttle else "An internal error has occurred."
+    elif protocol == "ec2":
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
             f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
             f"<RequestID>{request_id}</RequestID></Response>"
         )
         headers = [("Content-Type", "text/xml;charset=UTF-8")]
+    elif protocol == "s3":
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
+            f"<Code>{code}</Code><Message>{message}</Message>"
+            f"<RequestId>{request_id}</RequestId></Error>"
+        )
+        headers = [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)]
     else:
-        code = "Throttling" if throttle else "InternalFailure"
-        message = "Rate exceeded" if throttle else "An internal error has occurred."
         body = (
             "<ErrorResponse><Error>"
-            f"<Type>{'Sender' if throttle else 'Receiver'}</Type>"
+            f"<Type>{error_type}</Type>"
             f"<Code>{code}</Code><Message>{message}</Message></Error>"
             f"<RequestId>{request_id}</RequestId></ErrorResponse>"
         )
@@ -185,8 +274,30 @@ def _aws_error(environ, target, code_kind):
     return status, headers + [("Content-Length", str(len(body)))], body
 
 
+def _aws_error(environ, target, code_kind):
+    """The (status, headers, body) of an AWS error of ``code_kind``
+    ("throttle" or "server_error") in the protocol of the request."""
+    throttle = code_kind == "throttle"
+    status = "400 Bad Request" if throttle else "500 Internal Server Error"
+    protocol = _protocol_of(environ, target)
+    if protocol in ("dynamodb", "json"):
+        code = "ThrottlingException" if throttle else (
+            "InternalServerError" if protocol == "dynamodb" else "InternalFailure")
+        message = "Rate exceeded" if throttle else "Internal server error"
+    elif protocol == "ec2":
+        code = "RequestLimitExceeded" if throttle else "InternalError"
+        message = "Request limit exceeded." if throttle else "An internal error has occurred."
+    else:
+        code = "Throttling" if throttle else "InternalFailure"
+        message = "Rate exceeded" if throttle else "An internal error has occurred."
+        protocol = "query"
+    return _error_response(protocol, target, status, code, message,
+                           "Sender" if throttle else "Receiver")
+
+
 class FaultInjector:
-    """WSGI middleware in front of moto: serves ``/_safehold/*`` and injects
+    """WSGI middleware in front of moto: serves ``/_safehold/*``, answers
+    requests signed with a rejected access key (patch g) and injects
     throttling errors, 5xx errors and latency per the fault rules."""
 
     def __init__(self, app, settings, seed):
@@ -204,6 +315,11 @@ class FaultInjector:
         if path == "/_safehold/config":
             return self.config_endpoint(environ, start_response)
         target = environ.get("HTTP_X_AMZ_TARGET", "")
+        rejection = rejected_access_key_error(environ, target, self.settings)
+        if rejection is not None:
+            status, headers, body = rejection
+            start_response(status, headers)
+            return [body]
         rule = self.firing_rule(self.action_of(environ, target))
         if rule is None:
             return self.app(environ, start_response)
@@ -294,12 +410,9 @@ class FaultInjector:
         method = environ["REQUEST_METHOD"]
         if method == "POST":
             try:
-                polls = int(_read_json(environ)["pending_polls"])
-                if polls < 0:
-                    raise ValueError("pending_polls must be non-negative")
-            except (KeyError, ValueError, TypeError) as error:
-                return _json_response(start_response, "400 Bad Request", {"error": f"bad pending_polls: {error}"})
-            self.settings.pending_polls = polls
+                self.settings.update(_read_json(environ))
+            except ValueError as error:
+                return _json_response(start_response, "400 Bad Request", {"error": str(error)})
         elif method != "GET":
             return _json_response(start_response, "405 Method Not Allowed", {"error": "use GET or POST"})
         return _json_response(start_response, "200 OK", self.settings.as_dict())
@@ -572,14 +685,72 @@ def patch_copy_image_copies_snapshots():
     AmiBackend.copy_image = copy_image
 
 
+# --------------------------------------------------------------------------
+# g. rejected access keys
+# --------------------------------------------------------------------------
+
+
+def rejected_access_key_error(environ, target, settings):
+    """A request signed with an access key AWS does not accept (unknown,
+    deleted or deactivated) fails authentication before its action runs:
+    STS, RDS, Redshift, SNS and the other query services answer HTTP 403
+    ``InvalidClientTokenId`` "The security token included in the request is
+    invalid."; EC2 answers HTTP 401 ``AuthFailure`` "AWS was not able to
+    validate the provided access credentials"; DynamoDB answers HTTP 400
+    ``com.amazonaws.dynamodb.v20120810#UnrecognizedClientException`` with
+    the security-token message; S3 answers HTTP 403 ``InvalidAccessKeyId``.
+    Returns that (status, headers, body) when the SigV4 credential's access
+    key id is in ``settings.rejected_access_keys``, else None."""
+    access_key = _signing_credential(environ)[0]
+    if access_key is None or access_key not in settings.rejected_access_keys:
+        return None
+    protocol = _protocol_of(environ, target)
+    if protocol in ("dynamodb", "json"):
+        return _error_response(protocol, target, "400 Bad Request", "UnrecognizedClientException",
+                               "The security token included in the request is invalid.")
+    if protocol == "ec2":
+        return _error_response(protocol, target, "401 Unauthorized", "AuthFailure",
+                               "AWS was not able to validate the provided access credentials")
+    if protocol == "s3":
+        return _error_response(protocol, target, "403 Forbidden", "InvalidAccessKeyId",
+                               "The AWS Access Key Id you provided does not exist in our records.")
+    return _error_response(protocol, target, "403 Forbidden", "InvalidClientTokenId",
+                           "The security token included in the request is invalid.")
+
+
+# --------------------------------------------------------------------------
+# h. root-user access keys
+# --------------------------------------------------------------------------
+
+
+def patch_root_access_keys(settings):
+    """GetCallerIdentity called with the access key of an account's root user
+    returns the root identity: ``Arn`` ``arn:aws:iam::<account>:root`` and
+    ``UserId`` the account id (``Account`` unchanged). Keys listed in
+    ``settings.root_access_keys`` are treated as root keys of the account
+    moto assigns them (123456789012 for unknown keys)."""
+    original_get_caller_identity = STSBackend.get_caller_identity
+
+    def get_caller_identity(self, access_key_id, region):
+        user_id, arn, account_id = original_get_caller_identity(self, access_key_id, region)
+        if access_key_id in settings.root_access_keys:
+            return account_id, f"arn:{get_partition(region)}:iam::{account_id}:root", account_id
+        return user_id, arn, account_id
+
+    STSBackend.get_caller_identity = get_caller_identity
+
+
 def install_patches(settings):
-    """Apply every patch, in an order where wrappers see their base."""
+    """Apply every patch, in an order where wrappers see their base. Patch a
+    (``FaultInjector``) and the request check of patch g
+    (``rejected_access_key_error``) run in the WSGI middleware."""
     patch_shared_snapshots()
     patch_snapshots_pending_for_polls(settings)
     let_amis_carry_block_device_mappings()
     patch_register_image_block_device_mappings()
     patch_create_image_snapshots_volumes()
     patch_copy_image_copies_snapshots()
+    patch_root_access_keys(settings)
 
 
 def main(argv=None):

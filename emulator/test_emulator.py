@@ -271,14 +271,113 @@ class PendingSnapshotsTest(EmulatorTestCase):
         self.assertEqual(states, ["pending", "pending", "completed"])
 
     def test_pending_polls_set_at_runtime(self):
-        self.assertEqual(self.emulator.control("GET", "/_safehold/config"), (200, {"pending_polls": 2}))
+        no_keys = {"rejected_access_keys": [], "root_access_keys": []}
+        self.assertEqual(self.emulator.control("GET", "/_safehold/config"),
+                         (200, {"pending_polls": 2, **no_keys}))
         self.assertEqual(self.emulator.control("POST", "/_safehold/config", {"pending_polls": 1}),
-                         (200, {"pending_polls": 1}))
+                         (200, {"pending_polls": 1, **no_keys}))
         self.assert_states(self.new_snapshot()["SnapshotId"], [("pending", "0%"), ("completed", "100%")])
         self.emulator.control("POST", "/_safehold/config", {"pending_polls": 0})
         snapshot = self.new_snapshot()
         self.assertEqual(snapshot["State"], "completed")
         self.assertEqual(self.emulator.control("POST", "/_safehold/config", {"pending_polls": -1})[0], 400)
+
+
+class AccessKeysTest(EmulatorTestCase):
+    REJECTED = {"AccessKeyId": "AKIAREJECTED00000001", "SecretAccessKey": "rejected-secret"}
+    ROOT = {"AccessKeyId": "AKIAROOTUSER00000001", "SecretAccessKey": "root-secret"}
+    OTHER = {"AccessKeyId": "AKIAOTHERUSER0000001", "SecretAccessKey": "other-secret"}
+
+    def setUp(self):
+        status, body = self.emulator.control("POST", "/_safehold/config", {
+            "rejected_access_keys": [self.REJECTED["AccessKeyId"]],
+            "root_access_keys": [self.ROOT["AccessKeyId"]],
+        })
+        self.assertEqual(status, 200, body)
+
+    def tearDown(self):
+        self.emulator.control("POST", "/_safehold/config", {"rejected_access_keys": [], "root_access_keys": []})
+
+    def client(self, service, credentials):
+        return self.emulator.client(service, credentials=credentials, config=NO_RETRIES)
+
+    def assert_error(self, call, code, http_status, message):
+        with self.assertRaises(ClientError) as caught:
+            call()
+        response = caught.exception.response
+        self.assertEqual((response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"],
+                          response["Error"]["Message"]), (code, http_status, message))
+
+    def test_config_shows_and_merges_key_lists(self):
+        self.assertEqual(self.emulator.control("GET", "/_safehold/config"), (200, {
+            "pending_polls": 0,
+            "rejected_access_keys": [self.REJECTED["AccessKeyId"]],
+            "root_access_keys": [self.ROOT["AccessKeyId"]],
+        }))
+        status, body = self.emulator.control("POST", "/_safehold/config", {"pending_polls": 3})
+        self.assertEqual((status, body["pending_polls"], body["rejected_access_keys"], body["root_access_keys"]),
+                         (200, 3, [self.REJECTED["AccessKeyId"]], [self.ROOT["AccessKeyId"]]))
+        status, body = self.emulator.control("POST", "/_safehold/config", {"rejected_access_keys": []})
+        self.assertEqual((status, body["pending_polls"], body["rejected_access_keys"], body["root_access_keys"]),
+                         (200, 3, [], [self.ROOT["AccessKeyId"]]))
+        for bad in ({"rejected_access_keys": "AKIA"}, {"rejected_access_keys": [""]},
+                    {"root_access_keys": ["root"]}, {"unknown": 1}, {},
+                    {"pending_polls": 1, "rejected_access_keys": [7]}):
+            self.assertEqual(self.emulator.control("POST", "/_safehold/config", bad)[0], 400, bad)
+        self.assertEqual(self.emulator.control("GET", "/_safehold/config")[1]["pending_polls"], 3)
+        self.emulator.control("POST", "/_safehold/config", {"pending_polls": 0})
+
+    def test_rejected_key_fails_sts_with_invalid_client_token_id(self):
+        sts = self.client("sts", self.REJECTED)
+        self.assert_error(sts.get_caller_identity, "InvalidClientTokenId", 403,
+                          "The security token included in the request is invalid.")
+        with self.assertRaises(ClientError) as caught:
+            sts.get_caller_identity()
+        self.assertEqual(caught.exception.response["Error"]["Type"], "Sender")
+
+    def test_rejected_key_fails_ec2_with_auth_failure(self):
+        self.assert_error(self.client("ec2", self.REJECTED).describe_volumes, "AuthFailure", 401,
+                          "AWS was not able to validate the provided access credentials")
+
+    def test_rejected_key_fails_dynamodb_with_unrecognized_client_exception(self):
+        self.assert_error(self.client("dynamodb", self.REJECTED).list_tables, "UnrecognizedClientException", 400,
+                          "The security token included in the request is invalid.")
+
+    def test_rejected_key_fails_other_query_services(self):
+        for service, call in (("rds", "describe_db_instances"), ("redshift", "describe_clusters"),
+                              ("sns", "list_topics")):
+            self.assert_error(getattr(self.client(service, self.REJECTED), call), "InvalidClientTokenId", 403,
+                              "The security token included in the request is invalid.")
+
+    def test_rejected_key_fails_s3_with_invalid_access_key_id(self):
+        self.assert_error(self.client("s3", self.REJECTED).list_buckets, "InvalidAccessKeyId", 403,
+                          "The AWS Access Key Id you provided does not exist in our records.")
+
+    def test_rejection_precedes_fault_rules(self):
+        self.emulator.control("POST", "/_safehold/faults", {"action": "*", "kind": "throttle"})
+        try:
+            self.assert_error(self.client("sts", self.REJECTED).get_caller_identity, "InvalidClientTokenId", 403,
+                              "The security token included in the request is invalid.")
+        finally:
+            self.emulator.control("DELETE", "/_safehold/faults")
+
+    def test_other_keys_still_work(self):
+        for credentials in (None, self.OTHER, self.ROOT):
+            self.assertEqual(self.client("sts", credentials).get_caller_identity()["Account"], ACCOUNT_A)
+            self.assertIn("Volumes", self.client("ec2", credentials).describe_volumes())
+            self.assertIn("TableNames", self.client("dynamodb", credentials).list_tables())
+        self.emulator.control("POST", "/_safehold/config", {"rejected_access_keys": []})
+        self.assertEqual(self.client("sts", self.REJECTED).get_caller_identity()["Account"], ACCOUNT_A)
+
+    def test_root_key_is_the_account_root_user(self):
+        identity = self.client("sts", self.ROOT).get_caller_identity()
+        self.assertTrue(identity["Arn"].endswith(":root"), identity["Arn"])
+        self.assertEqual((identity["Arn"], identity["UserId"], identity["Account"]),
+                         (f"arn:aws:iam::{ACCOUNT_A}:root", ACCOUNT_A, ACCOUNT_A))
+        other = self.client("sts", self.OTHER).get_caller_identity()
+        self.assertEqual(other["Arn"], f"arn:aws:sts::{ACCOUNT_A}:user/moto")
+        self.emulator.control("POST", "/_safehold/config", {"root_access_keys": []})
+        self.assertFalse(self.client("sts", self.ROOT).get_caller_identity()["Arn"].endswith(":root"))
 
 
 class SharedSnapshotsTest(EmulatorTestCase):

@@ -205,6 +205,55 @@ async fn accounts_are_registered_only_when_sts_confirms_them_and_secrets_never_l
 }
 
 #[tokio::test]
+async fn unknown_and_root_user_keys_are_refused_with_clear_errors() {
+    let (emulator, s, root) = setup().await;
+    emulator
+        .configure(r#"{"rejected_access_keys": ["AKIAREVOKEDKEY000001"], "root_access_keys": ["AKIAROOTUSERKEY00001"]}"#)
+        .await
+        .unwrap();
+    let with_key = |key: &str| {
+        let mut body = keys_account("production", PRODUCTION);
+        body["access"]["access_key_id"] = json!(key);
+        body
+    };
+    let (status, rejected) = s
+        .post(
+            "/v1/accounts",
+            Some(&root),
+            with_key("AKIAREVOKEDKEY000001"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(rejected["errors"][0]["field"], "access");
+    assert_eq!(rejected["errors"][0]["code"], "credentials_rejected");
+    assert!(
+        rejected["detail"]
+            .as_str()
+            .unwrap()
+            .contains("InvalidClientTokenId"),
+        "{rejected}"
+    );
+
+    let (status, rooted) = s
+        .post(
+            "/v1/accounts",
+            Some(&root),
+            with_key("AKIAROOTUSERKEY00001"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(rooted["errors"][0]["code"], "root_credentials");
+
+    let (_, listed) = s.get("/v1/accounts", &root).await;
+    assert_eq!(listed["items"], json!([]), "nothing was registered");
+    let secrets: i64 = sqlx::query_scalar("SELECT count(*) FROM secrets")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(secrets, 0, "refused keys are not stored");
+}
+
+#[tokio::test]
 async fn only_root_may_use_the_servers_own_credentials_which_sts_must_confirm() {
     let (_emulator, s, root) = setup().await;
     let (_, indie) = s

@@ -150,6 +150,25 @@ pub struct CloudError {
 }
 
 impl CloudError {
+    /// Throttling, server-side failures and unreachable endpoints: worth
+    /// trying again later, unlike refusals.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "RequestLimitExceeded"
+                | "Throttling"
+                | "ThrottlingException"
+                | "TooManyRequestsException"
+                | "ProvisionedThroughputExceededException"
+                | "InternalError"
+                | "InternalFailure"
+                | "InternalServerError"
+                | "ServiceUnavailable"
+                | "Unavailable"
+                | "Unreachable"
+        )
+    }
+
     pub fn from_sdk<E, R>(error: aws_sdk_sts::error::SdkError<E, R>) -> Self
     where
         E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static,

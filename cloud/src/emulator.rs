@@ -76,14 +76,10 @@ impl Emulator {
         self.control("DELETE", "/_safehold/faults", "").await
     }
 
-    /// Makes new snapshots report `pending` for this many describes.
-    pub async fn set_pending_polls(&self, polls: u32) -> anyhow::Result<()> {
-        self.control(
-            "POST",
-            "/_safehold/config",
-            &format!("{{\"pending_polls\": {polls}}}"),
-        )
-        .await
+    /// Changes the emulator's behaviour: `pending_polls`,
+    /// `rejected_access_keys`, `root_access_keys` (see `emulator/README.md`).
+    pub async fn configure(&self, settings: &str) -> anyhow::Result<()> {
+        self.control("POST", "/_safehold/config", settings).await
     }
 
     /// A minimal HTTP/1.1 request to the control endpoints (no client crate

@@ -23,12 +23,7 @@ pub async fn refresh_account(
     account: &AccountRow,
 ) -> Vec<RegionOutcome> {
     let scans = account.regions.iter().map(|region| async move {
-        let found = match cloud.config(tenant, account, region).await {
-            Ok(config) => inventory::discover(&config)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let found = scan_region(cloud, tenant, account, region).await;
         let outcome = match found {
             Ok(resources) => {
                 match replace(&cloud.pool, tenant, account, region, &resources).await {
@@ -58,6 +53,35 @@ pub async fn refresh_account(
     });
     futures::future::join_all(scans).await
 }
+
+/// The SDK already retries each call; when AWS keeps throttling past that,
+/// the whole region is scanned again a few times before giving up.
+async fn scan_region(
+    cloud: &Cloud,
+    tenant: TenantId,
+    account: &AccountRow,
+    region: &str,
+) -> Result<Vec<Resource>, String> {
+    let config = cloud
+        .config(tenant, account, region)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pause = std::time::Duration::from_secs(1);
+    for attempt in 1.. {
+        match inventory::discover(&config).await {
+            Ok(resources) => return Ok(resources),
+            Err(e) if e.is_transient() && attempt < REGION_ATTEMPTS => {
+                tracing::info!(region, attempt, error = %e, "discovery throttled; scanning the region again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+const REGION_ATTEMPTS: u32 = 4;
 
 async fn replace(
     pool: &PgPool,
