@@ -254,6 +254,50 @@ async fn unknown_and_root_user_keys_are_refused_with_clear_errors() {
 }
 
 #[tokio::test]
+async fn the_permission_check_reports_each_capability_per_region() {
+    let (emulator, s, root) = setup().await;
+    let (_, prod) = s
+        .post(
+            "/v1/accounts",
+            Some(&root),
+            keys_account("production", PRODUCTION),
+        )
+        .await;
+    let prod_id = prod["id"].as_str().unwrap();
+    let path = format!("/v1/accounts/{prod_id}/permission-check");
+    let (status, checks) = s.post(&path, Some(&root), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{checks}");
+    let checks = checks.as_array().unwrap().clone();
+    let regions: std::collections::BTreeSet<_> = checks
+        .iter()
+        .map(|c| c["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        regions.into_iter().collect::<Vec<_>>(),
+        ["eu-west-1", "us-east-1"]
+    );
+    for capability in ["backup", "dr_copy", "recovery"] {
+        assert!(
+            checks.iter().any(|c| c["capability"] == capability),
+            "{capability}"
+        );
+    }
+    for check in &checks {
+        assert_eq!(check["outcome"], "allowed", "{check}");
+    }
+
+    // Once AWS stops accepting the key, every check says so.
+    emulator
+        .configure(r#"{"rejected_access_keys": ["AKIAEMULATORKEY00001"]}"#)
+        .await
+        .unwrap();
+    let (_, denied) = s.post(&path, Some(&root), json!({})).await;
+    for check in denied.as_array().unwrap() {
+        assert_eq!(check["outcome"], "denied", "{check}");
+    }
+}
+
+#[tokio::test]
 async fn only_root_may_use_the_servers_own_credentials_which_sts_must_confirm() {
     let (_emulator, s, root) = setup().await;
     let (_, indie) = s

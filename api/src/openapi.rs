@@ -43,7 +43,7 @@ impl Modify for BearerAuth {
         audit::list_audit,
         accounts::register_account, accounts::list_accounts, accounts::get_account,
         accounts::update_account, accounts::rotate_keys, accounts::remove_account,
-        accounts::discover, accounts::list_resources,
+        accounts::discover, accounts::list_resources, accounts::permission_check,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -47,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(accounts::remove_account)
         .service(accounts::discover)
         .service(accounts::list_resources)
+        .service(accounts::permission_check)
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod emulator;
 pub mod inventory;
+pub mod permissions;
 pub mod resolve;
 pub mod secrets;
 

@@ -658,3 +658,76 @@ pub async fn list_resources(
     );
     Ok(HttpResponse::Ok().json(page))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PermissionCheckView {
+    pub region: String,
+    /// `backup`, `dr_copy` or `recovery`.
+    pub capability: String,
+    /// The AWS action tried (with DryRun where the service has it).
+    pub action: String,
+    /// `allowed`, `denied` or `unknown`.
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// Asks AWS, without changing anything, whether Safehold may back up, copy
+/// for DR and recover in each of the account's regions.
+#[utoipa::path(post, path = "/v1/accounts/{id}/permission-check", tag = "accounts", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<PermissionCheckView>)), security(("bearer" = [])))]
+#[post("/v1/accounts/{id}/permission-check")]
+pub async fn permission_check(
+    state: web::Data<AppState>,
+    auth: Authenticated,
+    path: web::Path<Uuid>,
+) -> ApiResult<HttpResponse> {
+    let row = visible_account(&state, &auth.actor, path.into_inner()).await?;
+    let tenant = auth.actor.tenant_id;
+    let mut views = Vec::new();
+    for region in &row.regions {
+        let sample = |kind: &'static str| {
+            let pool = state.pool.clone();
+            let region = region.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT resource_id FROM resources WHERE tenant_id = $1 AND account_id = $2
+                        AND region = $3 AND resource_type = $4 ORDER BY resource_id LIMIT 1",
+                )
+                .bind(tenant.0)
+                .bind(row.account_id)
+                .bind(region)
+                .bind(kind)
+                .fetch_optional(&pool)
+                .await
+            }
+        };
+        let samples = safehold_cloud::permissions::Samples {
+            volume_id: sample("ebs_volume")
+                .await?
+                .unwrap_or_else(|| "vol-0123456789abcdef0".into()),
+            instance_id: sample("ec2_instance")
+                .await?
+                .unwrap_or_else(|| "i-0123456789abcdef0".into()),
+            snapshot_id: "snap-0123456789abcdef0".into(),
+            availability_zone: format!("{region}a"),
+        };
+        let config = state
+            .cloud
+            .config(tenant, &row, region)
+            .await
+            .map_err(ApiError::internal)?;
+        for check in safehold_cloud::permissions::check(&config, &samples).await {
+            views.push(PermissionCheckView {
+                region: region.clone(),
+                capability: check.capability.into(),
+                action: check.action.into(),
+                outcome: serde_json::to_value(check.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                detail: check.detail,
+            });
+        }
+    }
+    Ok(HttpResponse::Ok().json(views))
+}
