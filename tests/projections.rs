@@ -160,7 +160,10 @@ async fn dump(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
 
 #[tokio::test]
 async fn rebuilding_every_projection_gives_identical_tables() {
-    let s = TestServer::start().await;
+    let emulator = safehold_cloud::emulator::Emulator::start(None)
+        .await
+        .unwrap();
+    let s = TestServer::start_with_aws(Some(emulator.endpoint.clone())).await;
     s.sign_up("acme", "root").await;
     let root = s.token("acme", "root", PASSWORD).await;
     let (id, helper) = s
@@ -200,6 +203,24 @@ async fn rebuilding_every_projection_gives_identical_tables() {
         &format!("/v1/users/{id}/permissions"),
         Some(&root),
         Some(json!({"allow_recovery": true, "allow_account_changes": false, "allow_backup_changes": true})),
+    )
+    .await;
+    let (status, account) = s
+        .post(
+            "/v1/accounts",
+            Some(&root),
+            json!({"name": "production", "number": "123456789012", "type": "backup",
+                "access": {"method": "access_keys", "access_key_id": "AKIAEMULATORKEY00001", "secret_access_key": "s"},
+                "scan": {"enabled": true, "regions": ["us-east-1"]}}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{account}");
+    let account_path = format!("/v1/accounts/{}", account["id"].as_str().unwrap());
+    s.call(
+        reqwest::Method::PATCH,
+        &account_path,
+        Some(&root),
+        Some(json!({"name": "prod"})),
     )
     .await;
     catch_up(&s.pool, &all_projections()).await.unwrap();
