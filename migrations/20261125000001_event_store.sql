@@ -34,13 +34,3 @@ CREATE TABLE snapshots (
     payload          json   NOT NULL,
     PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
 );
-
--- Wakes projectors as soon as events commit (NOTIFY is delivered on commit).
-CREATE FUNCTION notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('safehold_events', '');
-    RETURN NULL;
-END $$;
-
-CREATE TRIGGER events_notify AFTER INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION notify_events();

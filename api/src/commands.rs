@@ -67,6 +67,7 @@ impl Commands {
                 Ok(()) => break,
             }
         }
+        safehold_projections::runtime::notify_committed(&self.pool).await;
         let caught_up = safehold_projections::runtime::wait_for_stream(
             &self.pool,
             A::TYPE,

@@ -211,9 +211,21 @@ pub async fn catch_up(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> any
     Ok(())
 }
 
-/// The background runner: wakes on each commit (LISTEN/NOTIFY) and at least
-/// every `poll` (a commit held back by an older open transaction becomes
-/// readable only once that one ends).
+/// Tells projectors that events were committed. Sent after the events'
+/// transaction, never inside it: Postgres serialises the commits of
+/// transactions that notify, which would cost every append its group commit.
+pub async fn notify_committed(pool: &PgPool) {
+    if let Err(e) = sqlx::query("SELECT pg_notify('safehold_events', '')")
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(error = %e, "notify failed; projectors will poll");
+    }
+}
+
+/// The background runner: wakes on each notification and at least every
+/// `poll` (other writers, and a commit held back by an older open
+/// transaction, are picked up by polling).
 #[derive(Clone)]
 pub struct Projector {
     pool: PgPool,
@@ -303,7 +315,7 @@ pub async fn wait_for_stream(
         if tokio::time::Instant::now() >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

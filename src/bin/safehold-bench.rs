@@ -382,7 +382,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Fresh delegates: each one's first command changes its permissions.
-    let lag_users = delegates(&pool, tenant, root, "lag", 64).await;
+    let lag_users = delegates(&pool, tenant, root, "lag", 256).await;
     let lags = projection_lag(&pool, tenant, &lag_users, 1000, a.seconds).await;
     println!(
         "projection lag at 1000 commands/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} commands",
