@@ -128,11 +128,11 @@ async fn serve(url: String, keys: Keyring, demo_endpoint: Option<String>) -> any
         config.aws_endpoint = safehold_cloud::access::Endpoint(Some(endpoint.clone()));
     }
     let state = web::Data::new(AppState::new(pool.clone(), config.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workers = tokio::spawn(background(state.cloud.clone(), stop_rx));
     if let Some(endpoint) = demo_endpoint {
         seed_demo(&state, &endpoint).await?;
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let workers = tokio::spawn(background(state.cloud.clone(), stop_rx));
     let listener =
         TcpListener::bind(config.bind).with_context(|| format!("bind {}", config.bind))?;
     tracing::info!(address = %listener.local_addr()?, "serving the Safehold API (docs at /docs/)");

@@ -238,3 +238,24 @@ async fn rebuilding_every_projection_gives_identical_tables() {
     assert!(status.success());
     assert_eq!(dump(&s.pool).await, before);
 }
+
+#[tokio::test]
+async fn read_your_writes_waits_for_every_projection_even_before_its_first_run() {
+    let (_, pool) = common::fresh_database().await;
+    let tenant = TenantId(Uuid::new_v4());
+    sqlx::query(INSERT_PROBE)
+        .bind("probe-1")
+        .bind(probe_metadata(tenant))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let wait = |timeout| {
+        safehold_projections::runtime::wait_for_stream(&pool, "probe", "probe-1", timeout)
+    };
+    assert!(
+        !wait(Duration::from_millis(50)).await.unwrap(),
+        "no projection has run yet"
+    );
+    catch_up(&pool, &all_projections()).await.unwrap();
+    assert!(wait(Duration::from_millis(50)).await.unwrap());
+}

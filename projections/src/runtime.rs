@@ -296,17 +296,21 @@ pub async fn wait_for_stream(
     aggregate_id: &str,
     timeout: Duration,
 ) -> anyhow::Result<bool> {
+    let names: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // A projection without a checkpoint row has not started: not caught up.
         let done: Option<bool> = sqlx::query_scalar(
-            "SELECT bool_and((c.tx_id, c.position) >= (e.tx, e.global_position))
+            "SELECT bool_and(coalesce((c.tx_id, c.position) >= (e.tx, e.global_position), false))
                FROM (SELECT tx_id::text::bigint AS tx, global_position FROM events
                       WHERE aggregate_type = $1 AND aggregate_id = $2
                       ORDER BY sequence DESC LIMIT 1) e
-              CROSS JOIN projection_checkpoints c",
+              CROSS JOIN unnest($3::text[]) AS p(name)
+               LEFT JOIN projection_checkpoints c ON c.name = p.name",
         )
         .bind(aggregate_type)
         .bind(aggregate_id)
+        .bind(&names)
         .fetch_one(pool)
         .await?;
         if done.unwrap_or(true) {
