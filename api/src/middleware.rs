@@ -16,6 +16,16 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+impl RequestId {
+    /// The id this middleware gave the request (empty outside it).
+    pub fn of(req: &actix_web::HttpRequest) -> String {
+        req.extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default()
+    }
+}
+
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn http_metrics() -> &'static (IntCounterVec, HistogramVec) {

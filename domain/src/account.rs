@@ -202,7 +202,7 @@ fn validate(
     number: &str,
     access: &AccessMethod,
     scan: &ScanSettings,
-) -> Vec<FieldError> {
+) -> Result<(), DomainError> {
     let mut errors = Vec::new();
     if name.trim().is_empty() || name.len() > 100 {
         errors.push(FieldError::new(
@@ -256,7 +256,11 @@ fn validate(
         AccessMethod::ServerCredentials => {}
     }
     errors.extend(validate_scan(scan));
-    errors
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DomainError::Invalid(errors))
+    }
 }
 
 fn validate_scan(scan: &ScanSettings) -> Vec<FieldError> {
@@ -327,10 +331,7 @@ impl Aggregate for Account {
                         "an account cannot assume a role through itself",
                     ));
                 }
-                let errors = validate(&name, &number, &access, &scan);
-                if !errors.is_empty() {
-                    return Err(DomainError::Invalid(errors));
-                }
+                validate(&name, &number, &access, &scan)?;
                 AccountEvent::AccountRegistered {
                     id,
                     tenant_id,
@@ -355,10 +356,7 @@ impl Aggregate for Account {
                 if changes_purpose {
                     return Err(DomainError::invalid("kind", "kind_change_not_allowed", "an account's type (backup or vault) cannot change; only a vault's allow_delete can"));
                 }
-                let errors = validate(&name, &state.number, &state.access, &scan);
-                if !errors.is_empty() {
-                    return Err(DomainError::Invalid(errors));
-                }
+                validate(&name, &state.number, &state.access, &scan)?;
                 if name == state.name && kind == state.kind && scan == state.scan {
                     return Ok(());
                 }
@@ -379,10 +377,7 @@ impl Aggregate for Account {
                     access_key_id: access_key_id.clone(),
                     secret_id,
                 };
-                let errors = validate(&state.name, &state.number, &access, &state.scan);
-                if !errors.is_empty() {
-                    return Err(DomainError::Invalid(errors));
-                }
+                validate(&state.name, &state.number, &access, &state.scan)?;
                 AccountEvent::AccessKeysRotated {
                     access_key_id,
                     secret_id,

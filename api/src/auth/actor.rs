@@ -1,7 +1,7 @@
 //! The extractor giving every handler the acting tenant, user and delegate.
 
 use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use actix_web::{web, FromRequest, HttpRequest};
 use futures::future::LocalBoxFuture;
 use safehold_domain::access::{Actor, DelegatePermissions, PrincipalKind};
 use safehold_domain::{CommandMetadata, TenantId, UserId};
@@ -90,11 +90,7 @@ async fn authenticate(req: HttpRequest) -> Result<(Authenticated, bool), ApiErro
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal("application state missing"))?
         .clone();
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let token = bearer(&req).ok_or_else(|| {
         ApiError::unauthorized("send an access token or API key as `Authorization: Bearer …`")
     })?;

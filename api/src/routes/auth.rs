@@ -1,5 +1,5 @@
 use actix_web::http::StatusCode;
-use actix_web::{post, web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use safehold_domain::user::UserCommand;
 use safehold_domain::{CommandMetadata, TenantId, UserId};
@@ -104,11 +104,7 @@ pub async fn login(
         tenant_id: tenant,
         user_id: Some(acting_user),
         delegate_id: delegate,
-        request_id: req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default(),
+        request_id: RequestId::of(&req),
         occurred_at: Utc::now(),
     };
     state

@@ -1,4 +1,4 @@
-use actix_web::{post, web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use safehold_domain::access::UserKind;
 use safehold_domain::settings::TenantSettings;
@@ -48,11 +48,7 @@ pub async fn signup(
     req: HttpRequest,
     body: Json<SignupRequest>,
 ) -> ApiResult<HttpResponse> {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(&req);
     let created = sign_up(&state, body.0, request_id).await?;
     Ok(HttpResponse::Created().json(created))
 }
