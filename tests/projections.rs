@@ -126,8 +126,16 @@ async fn concurrent_writers_never_lose_a_projected_event() {
             .await
             .unwrap();
     assert_eq!(expected.len(), writers * (per_writer + 1));
+    let projected_users = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // Each projection keeps its own checkpoint: wait for both read models.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while audit_positions(&pool).await.len() < expected.len()
+    while (audit_positions(&pool).await.len() < expected.len()
+        || projected_users().await < writers as i64)
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -135,11 +143,7 @@ async fn concurrent_writers_never_lose_a_projected_event() {
     stop.send(true).unwrap();
     projector.await.unwrap();
     assert_eq!(audit_positions(&pool).await, expected);
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(users, writers as i64);
+    assert_eq!(projected_users().await, writers as i64);
 }
 
 async fn dump(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
