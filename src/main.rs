@@ -114,8 +114,14 @@ fn keyring(data_dir: &std::path::Path) -> anyhow::Result<Keyring> {
 
 async fn background(cloud: safehold_cloud::resolve::Cloud, stop: watch::Receiver<bool>) {
     let projector = safehold_projections::Projector::new(cloud.pool.clone());
+    let backups = safehold_jobs::backup::BackupContext {
+        cloud: cloud.clone(),
+        settings: safehold_jobs::backup::BackupSettings::default(),
+    };
     tokio::join!(
         projector.run(stop.clone()),
+        safehold_jobs::scheduler::run(cloud.pool.clone(), stop.clone()),
+        safehold_jobs::backup::run_workers(backups, stop.clone()),
         safehold_jobs::housekeeping(cloud, stop)
     );
 }

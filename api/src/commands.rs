@@ -8,7 +8,10 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use safehold_domain::account::{Account, AccountCommand};
+use safehold_domain::backup::{Backup, BackupCommand};
 use safehold_domain::ids::stream_id;
+use safehold_domain::policy::{Policy, PolicyCommand, PolicyState};
+use safehold_domain::schedule::{Schedule, ScheduleCommand};
 use safehold_domain::tenant::{Tenant, TenantCommand, TenantState};
 use safehold_domain::user::{User, UserCommand, UserState};
 use safehold_domain::{CommandMetadata, DomainError, TenantId, UserId};
@@ -24,6 +27,9 @@ pub struct Commands {
     tenants: PostgresCqrs<Tenant>,
     users: PostgresCqrs<User>,
     accounts: PostgresCqrs<Account>,
+    policies: PostgresCqrs<Policy>,
+    schedules: PostgresCqrs<Schedule>,
+    backups: PostgresCqrs<Backup>,
 }
 
 fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> PostgresCqrs<A> {
@@ -40,6 +46,9 @@ impl Commands {
             tenants: framework(&pool),
             users: framework(&pool),
             accounts: framework(&pool),
+            policies: framework(&pool),
+            schedules: framework(&pool),
+            backups: framework(&pool),
             pool,
         }
     }
@@ -108,6 +117,49 @@ impl Commands {
     ) -> Result<(), ApiError> {
         let stream = stream_id(meta.tenant_id, account);
         self.run(&self.accounts, stream, command, meta).await
+    }
+
+    pub async fn policy(
+        &self,
+        meta: &CommandMetadata,
+        policy: uuid::Uuid,
+        command: PolicyCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, policy);
+        self.run(&self.policies, stream, command, meta).await
+    }
+
+    pub async fn schedule(
+        &self,
+        meta: &CommandMetadata,
+        schedule: uuid::Uuid,
+        command: ScheduleCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, schedule);
+        self.run(&self.schedules, stream, command, meta).await
+    }
+
+    pub async fn backup(
+        &self,
+        meta: &CommandMetadata,
+        backup: uuid::Uuid,
+        command: BackupCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, backup);
+        self.run(&self.backups, stream, command, meta).await
+    }
+
+    /// The current state of a live policy, from the event log.
+    pub async fn load_policy(
+        &self,
+        tenant: TenantId,
+        policy: uuid::Uuid,
+    ) -> Result<Option<PolicyState>, ApiError> {
+        let context = store::<Policy>(&self.pool)
+            .load_aggregate(&stream_id(tenant, policy))
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(context.aggregate.state.filter(|s| !s.removed))
     }
 
     /// The current state of a tenant, from the event log.

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{accounts, audit, auth, health, me, settings, signup, users};
+use crate::routes::{
+    accounts, audit, auth, backups, health, me, policies, schedules, settings, signup, users,
+};
 
 struct BearerAuth;
 
@@ -44,6 +46,13 @@ impl Modify for BearerAuth {
         accounts::register_account, accounts::list_accounts, accounts::get_account,
         accounts::update_account, accounts::rotate_keys, accounts::remove_account,
         accounts::discover, accounts::list_resources, accounts::permission_check,
+        schedules::create_schedule, schedules::list_schedules, schedules::get_schedule,
+        schedules::upcoming_runs, schedules::update_schedule, schedules::delete_schedule,
+        policies::create_policy, policies::list_policies, policies::get_policy,
+        policies::update_policy, policies::delete_policy, policies::put_target,
+        policies::remove_target, policies::attach_schedule, policies::detach_schedule,
+        policies::run_policy,
+        backups::list_backups, backups::get_backup, backups::freeze_backup, backups::list_freezer,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -53,6 +62,9 @@ impl Modify for BearerAuth {
         (name = "users", description = "Root, independent, managed and delegate users"),
         (name = "audit", description = "Who did what, and when"),
         (name = "accounts", description = "AWS accounts, how they are reached, and their resources"),
+        (name = "schedules", description = "When policies run, in the organisation's time zone"),
+        (name = "policies", description = "What is backed up, how often and how long it is kept"),
+        (name = "backups", description = "The backup monitor, each backup's snapshots and log, and the freezer"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -10,7 +10,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::body;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
-use crate::routes::{accounts, audit, auth, health, me, settings, signup, users};
+use crate::routes::{
+    accounts, audit, auth, backups, health, me, policies, schedules, settings, signup, users,
+};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -48,6 +50,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(accounts::discover)
         .service(accounts::list_resources)
         .service(accounts::permission_check)
+        .service(schedules::create_schedule)
+        .service(schedules::list_schedules)
+        .service(schedules::get_schedule)
+        .service(schedules::upcoming_runs)
+        .service(schedules::update_schedule)
+        .service(schedules::delete_schedule)
+        .service(policies::create_policy)
+        .service(policies::list_policies)
+        .service(policies::get_policy)
+        .service(policies::update_policy)
+        .service(policies::delete_policy)
+        .service(policies::put_target)
+        .service(policies::remove_target)
+        .service(policies::attach_schedule)
+        .service(policies::detach_schedule)
+        .service(policies::run_policy)
+        .service(backups::list_backups)
+        .service(backups::get_backup)
+        .service(backups::freeze_backup)
+        .service(backups::list_freezer)
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 

@@ -1,7 +1,10 @@
 //! Safehold's only door to AWS. Every client takes an optional endpoint
 //! override so the same code runs against AWS or the local emulator.
 
+pub use aws_config::SdkConfig;
+
 pub mod access;
+pub mod backup;
 pub mod emulator;
 pub mod inventory;
 pub mod permissions;

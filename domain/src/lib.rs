@@ -3,10 +3,13 @@
 
 pub mod access;
 pub mod account;
+pub mod backup;
 pub mod error;
 pub mod ids;
 pub mod metadata;
 pub mod password;
+pub mod policy;
+pub mod schedule;
 pub mod settings;
 pub mod tenant;
 pub mod user;

@@ -1,6 +1,10 @@
-//! Background work: periodic housekeeping and resource discovery.
+//! Background work: the scheduler, periodic housekeeping and resource
+//! discovery.
 
+pub mod backup;
+pub mod commands;
 pub mod discovery;
+pub mod scheduler;
 
 use std::time::Duration;
 

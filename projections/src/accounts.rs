@@ -214,9 +214,13 @@ pub async fn count_owned(pool: &PgPool, tenant: TenantId, owner: UserId) -> sqlx
 }
 
 /// Accounts that assume a role through `id`.
+/// What refers to the account: accounts reached through it, and its policies.
 pub async fn dependants(pool: &PgPool, tenant: TenantId, id: Uuid) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
-        "SELECT name FROM accounts WHERE tenant_id = $1 AND via_account = $2 ORDER BY name",
+        "SELECT 'account ' || name FROM accounts WHERE tenant_id = $1 AND via_account = $2
+         UNION ALL
+         SELECT 'policy ' || name FROM policies WHERE tenant_id = $1 AND account_id = $2
+         ORDER BY 1",
     )
     .bind(tenant.0)
     .bind(id)
@@ -234,6 +238,8 @@ pub struct ResourceRow {
     pub tags: serde_json::Value,
     pub details: serde_json::Value,
     pub refreshed_at: DateTime<Utc>,
+    /// How many policies have this resource as a target.
+    pub protected_by: i64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -257,8 +263,11 @@ pub async fn list_resources(
         None => (None, None, None),
     };
     sqlx::query_as(
-        "SELECT region, resource_type, resource_id, name, size_gib, tags, details, refreshed_at
-           FROM resources
+        "SELECT region, resource_type, resource_id, name, size_gib, tags, details, refreshed_at,
+                (SELECT count(*) FROM policy_targets t
+                  WHERE t.tenant_id = r.tenant_id AND t.account_id = r.account_id AND t.region = r.region
+                    AND t.resource_type = r.resource_type AND t.resource_id = r.resource_id) AS protected_by
+           FROM resources r
           WHERE tenant_id = $1 AND account_id = $2
             AND ($3::text IS NULL OR resource_type = $3)
             AND ($4::text IS NULL OR region = $4)

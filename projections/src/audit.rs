@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use safehold_domain::account::{Account, AccountEvent};
+use safehold_domain::policy::{Policy, PolicyEvent};
+use safehold_domain::schedule::{Schedule, ScheduleEvent};
 use safehold_domain::tenant::{Tenant, TenantEvent};
 use safehold_domain::user::{User, UserEvent};
 use safehold_domain::TenantId;
@@ -75,6 +77,30 @@ impl Projection for AuditProjection {
             match &decoded {
                 AccountEvent::AccountRegistered { name, .. }
                 | AccountEvent::AccountUpdated { name, .. } => {
+                    remember_name(tx, tenant, subject, name).await?;
+                }
+                _ => {}
+            }
+            let name = name_of(tx, tenant, subject).await?.unwrap_or_default();
+            decoded.describe(&name)
+        } else if event.aggregate_type == Policy::TYPE {
+            let decoded: PolicyEvent = event.decode()?;
+            let subject = event.entity_id();
+            match &decoded {
+                PolicyEvent::PolicyCreated { name, .. }
+                | PolicyEvent::PolicyUpdated { name, .. } => {
+                    remember_name(tx, tenant, subject, name).await?;
+                }
+                _ => {}
+            }
+            let name = name_of(tx, tenant, subject).await?.unwrap_or_default();
+            decoded.describe(&name)
+        } else if event.aggregate_type == Schedule::TYPE {
+            let decoded: ScheduleEvent = event.decode()?;
+            let subject = event.entity_id();
+            match &decoded {
+                ScheduleEvent::ScheduleCreated { name, .. }
+                | ScheduleEvent::ScheduleUpdated { name, .. } => {
                     remember_name(tx, tenant, subject, name).await?;
                 }
                 _ => {}

@@ -6,7 +6,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url.parse()?;
+    // Name sessions after the process so operators (and pg_stat_activity)
+    // can tell which Safehold process holds what, e.g. the scheduler lock.
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()?
+        .application_name(&format!("safehold/{}", std::process::id()));
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -18,6 +22,10 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
 /// Applies Safehold's migrations. Other migrators (the job queue's) share the
 /// `_sqlx_migrations` table, so versions unknown to this one are ignored.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    // The job queue's schema first: the backup dispatcher writes into it.
+    let mut queue = apalis_sql::postgres::PostgresStorage::migrations();
+    queue.set_ignore_missing(true);
+    queue.run(pool).await?;
     let mut migrator = sqlx::migrate!("../migrations");
     migrator.set_ignore_missing(true);
     migrator.run(pool).await?;
@@ -34,4 +42,17 @@ pub async fn create_scratch_database(admin_url: &str, prefix: &str) -> anyhow::R
         .await?;
     let options: PgConnectOptions = admin_url.parse()?;
     Ok(options.database(&name).to_url_lossy().to_string())
+}
+
+/// Drops a database made by `create_scratch_database`, closing its sessions.
+pub async fn drop_database(admin_url: &str, url: &str) -> anyhow::Result<()> {
+    let options: PgConnectOptions = url.parse()?;
+    let Some(name) = options.get_database() else {
+        return Ok(());
+    };
+    let mut admin = PgConnection::connect(admin_url).await?;
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
+        .await?;
+    Ok(())
 }

@@ -7,7 +7,10 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod backups;
 pub mod db;
+pub mod dispatch;
+pub mod policies;
 pub mod runtime;
 pub mod tenants;
 pub mod users;

@@ -54,7 +54,10 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(crate::tenants::TenantsProjection),
         Arc::new(crate::users::UsersProjection),
         Arc::new(crate::accounts::AccountsProjection),
+        Arc::new(crate::policies::PoliciesProjection),
+        Arc::new(crate::backups::BackupsProjection),
         Arc::new(crate::audit::AuditProjection),
+        Arc::new(crate::dispatch::DispatchProjection),
     ]
 }
 
@@ -146,23 +149,29 @@ pub async fn run_batch(pool: &PgPool, projection: &dyn Projection) -> anyhow::Re
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
+    // End the transaction explicitly on every path: a dropped one is rolled
+    // back only when its connection is next used, and until then it would
+    // hold the checkpoint lock.
     let Some(checkpoint) = lock_checkpoint(&mut tx, projection.name(), false).await? else {
+        tx.commit().await?;
         return Ok(0);
     };
     let events = next_events(&mut tx, checkpoint, BATCH).await?;
     let Some(last) = events.last() else {
+        tx.commit().await?;
         return Ok(0);
     };
     let new_checkpoint = (last.tx_id, last.position);
     for event in &events {
-        projection.apply(&mut tx, event).await.map_err(|e| {
-            anyhow::anyhow!(
+        if let Err(e) = projection.apply(&mut tx, event).await {
+            let _ = tx.rollback().await;
+            return Err(anyhow::anyhow!(
                 "projection {} failed on event {} ({}): {e:#}",
                 projection.name(),
                 event.position,
                 event.event_type
-            )
-        })?;
+            ));
+        }
     }
     save_checkpoint(&mut tx, projection.name(), new_checkpoint).await?;
     tx.commit().await?;

@@ -19,7 +19,7 @@ use safehold_domain::ids::stream_id;
 use safehold_domain::user::{ResourceLimits, User, UserCommand};
 use safehold_domain::{CommandMetadata, TenantId, UserId};
 use serde_json::json;
-use sqlx::{Connection, Executor, PgPool};
+use sqlx::{Executor, PgPool};
 use uuid::Uuid;
 
 const PASSWORD: &str = "Bench-Marking-42!";
@@ -401,16 +401,6 @@ async fn main() -> anyhow::Result<()> {
     }
 
     pool.close().await;
-    let mut admin = sqlx::PgConnection::connect(&admin).await?;
-    let name = url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default();
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str())
-        .await?;
+    safehold_projections::db::drop_database(&admin, &url).await?;
     Ok(())
 }

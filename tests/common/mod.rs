@@ -27,10 +27,43 @@ pub async fn fresh_database() -> (String, PgPool) {
     (url, pool)
 }
 
+/// Runs every projection until it has applied every committed event.
+/// Transaction ids are cluster-wide, so a transaction open in another test's
+/// database can hold a single pass back; this waits it out (up to 30 s).
+pub async fn project_everything(pool: &PgPool) {
+    let projections = safehold_projections::all_projections();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        safehold_projections::runtime::catch_up(pool, &projections)
+            .await
+            .unwrap();
+        let behind: bool = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM projection_checkpoints) < $1
+                 OR EXISTS (SELECT 1 FROM projection_checkpoints c
+                             WHERE EXISTS (SELECT 1 FROM events e
+                                            WHERE (e.tx_id, e.global_position)
+                                                  > (c.tx_id::text::xid8, c.position)))",
+        )
+        .bind(projections.len() as i64)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !behind {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projections did not catch up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub struct TestServer {
     pub base: String,
     pub database_url: String,
     pub pool: PgPool,
+    pub state: web::Data<AppState>,
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
     handle: actix_web::dev::ServerHandle,
@@ -48,7 +81,7 @@ impl TestServer {
         let state = web::Data::new(AppState::new(pool.clone(), config));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = safehold_api::server::serve(state, listener).unwrap();
+        let server = safehold_api::server::serve(state.clone(), listener).unwrap();
         let handle = server.handle();
         tokio::spawn(server);
         let (stop, stop_rx) = watch::channel(false);
@@ -57,6 +90,7 @@ impl TestServer {
             base,
             database_url: url,
             pool,
+            state,
             http: reqwest::Client::new(),
             stop,
             handle,

@@ -116,7 +116,7 @@ impl From<AccountRow> for AccountView {
 }
 
 /// Owners whose accounts the actor sees: itself, and the managed users it manages.
-async fn visible_owners(state: &AppState, actor: &Actor) -> ApiResult<Vec<Uuid>> {
+pub(crate) async fn visible_owners(state: &AppState, actor: &Actor) -> ApiResult<Vec<Uuid>> {
     let managed: Vec<(Uuid, Option<Uuid>)> = sqlx::query_as(
         "SELECT user_id, manager_id FROM users WHERE tenant_id = $1 AND kind = 'managed'",
     )
@@ -141,7 +141,11 @@ async fn visible_owners(state: &AppState, actor: &Actor) -> ApiResult<Vec<Uuid>>
 }
 
 /// An account the actor may see; anything else is "not found".
-async fn visible_account(state: &AppState, actor: &Actor, id: Uuid) -> ApiResult<AccountRow> {
+pub(crate) async fn visible_account(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> ApiResult<AccountRow> {
     let row = read::find(&state.pool, actor.tenant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("account"))?;
@@ -522,10 +526,7 @@ pub async fn remove_account(
     if !dependants.is_empty() {
         return Err(ApiError::conflict(
             "account_in_use",
-            format!(
-                "these accounts assume roles through it: {}",
-                dependants.join(", ")
-            ),
+            format!("remove what depends on it first: {}", dependants.join(", ")),
         ));
     }
     state
@@ -584,6 +585,8 @@ pub struct ResourceView {
     pub tags: serde_json::Value,
     pub details: serde_json::Value,
     pub refreshed_at: DateTime<Utc>,
+    /// How many policies back this resource up.
+    pub protected_by_policies: i64,
 }
 
 const RESOURCE_TYPES: [&str; 6] = [
@@ -654,6 +657,7 @@ pub async fn list_resources(
             tags: r.tags,
             details: r.details,
             refreshed_at: r.refreshed_at,
+            protected_by_policies: r.protected_by,
         },
     );
     Ok(HttpResponse::Ok().json(page))

@@ -1,8 +1,11 @@
 pub mod accounts;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod health;
 pub mod me;
+pub mod policies;
+pub mod schedules;
 pub mod settings;
 pub mod signup;
 pub mod users;

@@ -1,0 +1,818 @@
+//! Runs backups. Each run of a `BackupJob` does one round for its backup:
+//! takes the snapshots not yet taken, polls the ones pending (one call per
+//! region and kind), records every outcome on the Backup aggregate, and
+//! either finishes (policy bookkeeping, retention, retry) or enqueues the next
+//! round. Every step is safe to repeat: AWS objects are tagged with the backup
+//! and target and looked up before anything is created, and the aggregate
+//! ignores a second report for a target. A per-backup advisory lock keeps two
+//! runs of one backup (a job re-run after a crash) from working at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_sql::postgres::PostgresStorage;
+use chrono::Utc;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, EventStore};
+use postgres_es::PostgresEventRepository;
+use safehold_cloud::backup::{self as aws, Artifact, ArtifactKind, ArtifactState, BackupLabel};
+use safehold_cloud::resolve::Cloud;
+use safehold_domain::backup::{
+    expired, Backup, BackupCommand, BackupState, BackupStatus, RetentionCandidate, Snapshot,
+    SnapshotState, TargetProgress,
+};
+use safehold_domain::ids::stream_id;
+use safehold_domain::policy::{
+    AutoTargetRemoval, InstanceMode, Policy, PolicyCommand, PolicyState, ResourceKind, Target,
+    Trigger, VolumeSelection,
+};
+use safehold_domain::{DomainError, TenantId};
+use safehold_projections::accounts::AccountRow;
+use safehold_projections::dispatch::{enqueue, BackupJob, BACKUP_QUEUE};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::commands::{execute, system_metadata};
+
+/// How backups are driven; tests shorten the waits.
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    /// Time between completion polls.
+    pub poll_every: Duration,
+    /// A backup whose snapshots are not complete by then fails.
+    pub timeout: Duration,
+    /// Backups worked on at once by one process.
+    pub concurrency: usize,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        Self {
+            poll_every: Duration::from_secs(30),
+            timeout: Duration::from_secs(12 * 3600),
+            concurrency: 8,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BackupContext {
+    pub cloud: Cloud,
+    pub settings: BackupSettings,
+}
+
+async fn load<A: Aggregate>(pool: &PgPool, tenant: Uuid, id: Uuid) -> anyhow::Result<A> {
+    let store: PersistedEventStore<PostgresEventRepository, A> =
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+    Ok(store
+        .load_aggregate(&stream_id(TenantId(tenant), id))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .aggregate)
+}
+
+/// What a round leaves to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Round {
+    Finished(BackupStatus),
+    /// Snapshots are still pending (or a transient AWS error): run again later.
+    Again,
+}
+
+/// One round of a backup. Returns whether it has finished.
+pub async fn run_round(ctx: &BackupContext, job: &BackupJob) -> anyhow::Result<Round> {
+    let pool = &ctx.cloud.pool;
+    let meta = system_metadata(
+        TenantId(job.tenant_id),
+        &format!("backup:{}", job.backup_id),
+    );
+    let policy = load::<Policy>(pool, job.tenant_id, job.policy_id)
+        .await?
+        .state;
+    let mut backup = load::<Backup>(pool, job.tenant_id, job.backup_id)
+        .await?
+        .state;
+    if backup.is_none() {
+        let Some(policy) = policy.as_ref().filter(|p| !p.removed) else {
+            tracing::warn!(backup = %job.backup_id, "the policy of a started backup is gone");
+            return Ok(Round::Finished(BackupStatus::Failed));
+        };
+        let trigger = started_trigger(pool, job).await?.unwrap_or(Trigger::AdHoc);
+        execute::<Backup>(
+            pool,
+            &meta,
+            job.backup_id,
+            BackupCommand::Begin {
+                id: job.backup_id,
+                tenant_id: TenantId(job.tenant_id),
+                policy_id: policy.id,
+                policy_name: policy.name.clone(),
+                account_id: policy.account_id,
+                trigger,
+                success_criterion: policy.settings.success_criterion,
+                targets: policy.targets.clone(),
+            },
+        )
+        .await?;
+        backup = load::<Backup>(pool, job.tenant_id, job.backup_id)
+            .await?
+            .state;
+    }
+    let backup = backup.ok_or_else(|| anyhow::anyhow!("backup {} not begun", job.backup_id))?;
+    if backup.status == BackupStatus::InProgress {
+        let account =
+            safehold_projections::accounts::find(pool, TenantId(job.tenant_id), backup.account_id)
+                .await?;
+        match account {
+            Some(account) => {
+                take_snapshots(ctx, &meta, &backup, policy.as_ref(), &account).await?;
+                let backup = load::<Backup>(pool, job.tenant_id, job.backup_id)
+                    .await?
+                    .state
+                    .expect("begun");
+                poll_pending(ctx, &meta, &backup, &account).await?;
+            }
+            None => {
+                for run in &backup.targets {
+                    let _ = execute::<Backup>(
+                        pool,
+                        &meta,
+                        backup.id,
+                        BackupCommand::RecordTargetFailed {
+                            target: run.target.key.clone(),
+                            error: "the policy's account has been removed".into(),
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+        let started: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT started_at FROM backups WHERE tenant_id = $1 AND backup_id = $2",
+        )
+        .bind(job.tenant_id)
+        .bind(job.backup_id)
+        .fetch_optional(pool)
+        .await?;
+        let timed_out = started
+            .is_some_and(|s| (Utc::now() - s).to_std().unwrap_or_default() > ctx.settings.timeout);
+        if timed_out {
+            ignore_finished(
+                execute::<Backup>(pool, &meta, backup.id, BackupCommand::TimeOut).await,
+            )?;
+        }
+    }
+    let backup = load::<Backup>(pool, job.tenant_id, job.backup_id)
+        .await?
+        .state
+        .expect("begun");
+    if backup.status == BackupStatus::InProgress {
+        return Ok(Round::Again);
+    }
+    finish(ctx, &meta, &backup, policy.as_ref()).await?;
+    Ok(Round::Finished(backup.status))
+}
+
+/// A report on a backup that finished meanwhile (another run of the same
+/// backup got there first) is not an error.
+fn ignore_finished(result: Result<(), cqrs_es::AggregateError<DomainError>>) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(cqrs_es::AggregateError::UserError(DomainError::Conflict { .. })) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// The trigger the policy recorded when it started this backup.
+async fn started_trigger(pool: &PgPool, job: &BackupJob) -> anyhow::Result<Option<Trigger>> {
+    let payload: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload->'BackupStarted'->'trigger' FROM events
+          WHERE aggregate_type = 'policy' AND aggregate_id = $1 AND event_type = 'BackupStarted'
+            AND payload->'BackupStarted'->>'backup_id' = $2",
+    )
+    .bind(stream_id(TenantId(job.tenant_id), job.policy_id))
+    .bind(job.backup_id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(payload.and_then(|p| serde_json::from_value(p).ok()))
+}
+
+fn snapshot_of(artifact: Artifact, region: &str) -> Snapshot {
+    Snapshot {
+        kind: serde_json::to_value(&artifact.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        id: artifact.id,
+        region: region.to_string(),
+        source: artifact.source,
+        device: artifact.device,
+        size_gib: artifact.size_gib,
+    }
+}
+
+fn artifact_of(snapshot: &Snapshot) -> Option<Artifact> {
+    Some(Artifact {
+        kind: serde_json::from_value(serde_json::Value::String(snapshot.kind.clone())).ok()?,
+        id: snapshot.id.clone(),
+        source: snapshot.source.clone(),
+        device: snapshot.device.clone(),
+        size_gib: snapshot.size_gib,
+        state: ArtifactState::Pending,
+    })
+}
+
+/// Devices of an instance (from the inventory) to leave out of its snapshots.
+async fn excluded_devices(
+    pool: &PgPool,
+    tenant: Uuid,
+    account: Uuid,
+    target: &Target,
+    selection: &VolumeSelection,
+) -> anyhow::Result<Vec<String>> {
+    Ok(match selection {
+        VolumeSelection::All => vec![],
+        VolumeSelection::Exclude { devices } => devices.clone(),
+        VolumeSelection::Include { devices } => {
+            let details: Option<serde_json::Value> = sqlx::query_scalar(
+                "SELECT details FROM resources WHERE tenant_id = $1 AND account_id = $2 AND region = $3
+                   AND resource_type = 'ec2_instance' AND resource_id = $4",
+            )
+            .bind(tenant)
+            .bind(account)
+            .bind(&target.key.region)
+            .bind(&target.key.resource_id)
+            .fetch_optional(pool)
+            .await?;
+            details
+                .and_then(|d| d["volumes"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| v["device"].as_str().map(str::to_string))
+                .filter(|d| !devices.contains(d))
+                .collect()
+        }
+    })
+}
+
+/// Creates (or finds, when a previous run already did) the AWS objects of one target.
+async fn take_target(
+    ctx: &BackupContext,
+    backup: &BackupState,
+    account: &AccountRow,
+    config: &safehold_cloud::SdkConfig,
+    target: &Target,
+) -> anyhow::Result<Result<Vec<Artifact>, safehold_cloud::access::CloudError>> {
+    let label = BackupLabel {
+        tenant_id: backup.tenant_id.0,
+        backup_id: backup.id,
+        policy_id: backup.policy_id,
+        policy_name: backup.policy_name.clone(),
+        target: format!(
+            "{}:{}:{}",
+            target.key.kind.as_str(),
+            target.key.region,
+            target.key.resource_id
+        ),
+    };
+    let id = target.key.resource_id.as_str();
+    let one = |r: Result<Artifact, _>| r.map(|a| vec![a]);
+    Ok(match target.key.kind {
+        ResourceKind::EbsVolume => one(aws::snapshot_volume(config, &label, id).await),
+        ResourceKind::RdsInstance => one(aws::snapshot_rds(config, &label, id).await),
+        ResourceKind::AuroraCluster => one(aws::snapshot_aurora(config, &label, id).await),
+        ResourceKind::RedshiftCluster => one(aws::snapshot_redshift(config, &label, id).await),
+        ResourceKind::DynamodbTable => one(aws::backup_dynamodb(config, &label, id).await),
+        ResourceKind::Ec2Instance => {
+            let options =
+                target
+                    .instance
+                    .clone()
+                    .unwrap_or(safehold_domain::policy::InstanceOptions {
+                        mode: InstanceMode::Snapshots,
+                        volumes: VolumeSelection::All,
+                    });
+            match options.mode {
+                InstanceMode::AmiWithReboot => {
+                    one(aws::image_instance(config, &label, id, true).await)
+                }
+                InstanceMode::AmiWithoutReboot => {
+                    one(aws::image_instance(config, &label, id, false).await)
+                }
+                InstanceMode::Snapshots | InstanceMode::SnapshotsWithInitialAmi => {
+                    let exclude = excluded_devices(
+                        &ctx.cloud.pool,
+                        backup.tenant_id.0,
+                        account.account_id,
+                        target,
+                        &options.volumes,
+                    )
+                    .await?;
+                    let mut artifacts =
+                        match aws::snapshot_instance(config, &label, id, &exclude).await {
+                            Ok(a) => a,
+                            Err(e) => return Ok(Err(e)),
+                        };
+                    if options.mode == InstanceMode::SnapshotsWithInitialAmi
+                        && needs_initial_ami(ctx, backup, account, id).await?
+                    {
+                        match aws::image_instance(config, &label, id, false).await {
+                            Ok(image) => artifacts.push(image),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    Ok(artifacts)
+                }
+            }
+        }
+    })
+}
+
+/// An instance keeps one initial AMI, renewed after the organisation's
+/// rotation period (0: never renewed).
+async fn needs_initial_ami(
+    ctx: &BackupContext,
+    backup: &BackupState,
+    account: &AccountRow,
+    instance: &str,
+) -> anyhow::Result<bool> {
+    let rotation_days: i32 =
+        sqlx::query_scalar("SELECT initial_ami_rotation_days FROM tenants WHERE tenant_id = $1")
+            .bind(backup.tenant_id.0)
+            .fetch_optional(&ctx.cloud.pool)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(90);
+    let newest: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT max(s.created_at) FROM backup_snapshots s
+          WHERE s.tenant_id = $1 AND s.account_id = $2 AND s.kind = 'ami' AND s.source = $3
+            AND s.deleted_at IS NULL AND s.state <> 'failed'",
+    )
+    .bind(backup.tenant_id.0)
+    .bind(account.account_id)
+    .bind(instance)
+    .fetch_one(&ctx.cloud.pool)
+    .await?;
+    Ok(match newest {
+        None => true,
+        Some(_) if rotation_days == 0 => false,
+        Some(at) => (Utc::now() - at).num_days() >= i64::from(rotation_days),
+    })
+}
+
+async fn take_snapshots(
+    ctx: &BackupContext,
+    meta: &safehold_domain::CommandMetadata,
+    backup: &BackupState,
+    policy: Option<&PolicyState>,
+    account: &AccountRow,
+) -> anyhow::Result<()> {
+    let pool = &ctx.cloud.pool;
+    for run in backup
+        .targets
+        .iter()
+        .filter(|t| t.progress == TargetProgress::Waiting)
+    {
+        let key = &run.target.key;
+        let config = ctx
+            .cloud
+            .config(backup.tenant_id, account, &key.region)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        match aws::source_exists(&config, key.kind.as_str(), &key.resource_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let removal = policy
+                    .map(|p| p.settings.auto_target_removal)
+                    .unwrap_or(AutoTargetRemoval::No);
+                let remove = removal != AutoTargetRemoval::No;
+                if remove {
+                    let _ = execute::<Policy>(
+                        pool,
+                        meta,
+                        backup.policy_id,
+                        PolicyCommand::RemoveTarget {
+                            key: key.clone(),
+                            vanished: true,
+                        },
+                    )
+                    .await;
+                }
+                let command = if remove {
+                    BackupCommand::RecordTargetVanished {
+                        target: key.clone(),
+                        removed_from_policy: true,
+                    }
+                } else {
+                    BackupCommand::RecordTargetFailed {
+                        target: key.clone(),
+                        error: "the resource no longer exists".into(),
+                    }
+                };
+                ignore_finished(execute::<Backup>(pool, meta, backup.id, command).await)?;
+                continue;
+            }
+            Err(e) if e.is_transient() => continue,
+            Err(e) => {
+                record_failure(pool, meta, backup, key, &e.to_string()).await?;
+                continue;
+            }
+        }
+        match take_target(ctx, backup, account, &config, &run.target).await? {
+            Ok(artifacts) => {
+                let snapshots = artifacts
+                    .into_iter()
+                    .map(|a| snapshot_of(a, &key.region))
+                    .collect();
+                ignore_finished(
+                    execute::<Backup>(
+                        pool,
+                        meta,
+                        backup.id,
+                        BackupCommand::RecordSnapshots {
+                            target: key.clone(),
+                            snapshots,
+                        },
+                    )
+                    .await,
+                )?;
+            }
+            // Throttling and AWS-side failures: try again next round.
+            Err(e) if e.is_transient() => {
+                tracing::info!(backup = %backup.id, error = %e, "will retry a snapshot");
+            }
+            Err(e) => record_failure(pool, meta, backup, key, &e.to_string()).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn record_failure(
+    pool: &PgPool,
+    meta: &safehold_domain::CommandMetadata,
+    backup: &BackupState,
+    key: &safehold_domain::policy::TargetKey,
+    error: &str,
+) -> anyhow::Result<()> {
+    ignore_finished(
+        execute::<Backup>(
+            pool,
+            meta,
+            backup.id,
+            BackupCommand::RecordTargetFailed {
+                target: key.clone(),
+                error: error.to_string(),
+            },
+        )
+        .await,
+    )
+}
+
+/// Asks AWS about every pending snapshot: one call per region and kind.
+async fn poll_pending(
+    ctx: &BackupContext,
+    meta: &safehold_domain::CommandMetadata,
+    backup: &BackupState,
+    account: &AccountRow,
+) -> anyhow::Result<()> {
+    let mut groups: BTreeMap<(String, String), Vec<&Snapshot>> = BTreeMap::new();
+    for s in backup.pending() {
+        groups
+            .entry((s.region.clone(), s.kind.clone()))
+            .or_default()
+            .push(s);
+    }
+    let mut states = Vec::new();
+    for ((region, kind), snapshots) in groups {
+        let Ok(kind) = serde_json::from_value::<ArtifactKind>(serde_json::Value::String(kind))
+        else {
+            continue;
+        };
+        let config = ctx
+            .cloud
+            .config(backup.tenant_id, account, &region)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ids: Vec<String> = snapshots.iter().map(|s| s.id.clone()).collect();
+        match aws::poll(&config, kind, &ids).await {
+            Ok(found) => states.extend(found.into_iter().filter_map(|(id, state)| {
+                let state = match state {
+                    ArtifactState::Pending => return None,
+                    ArtifactState::Available => SnapshotState::Completed,
+                    ArtifactState::Failed => SnapshotState::Failed,
+                };
+                Some((id, state))
+            })),
+            Err(e) => tracing::info!(backup = %backup.id, error = %e, "poll failed; next round"),
+        }
+    }
+    if !states.is_empty() {
+        ignore_finished(
+            execute::<Backup>(
+                &ctx.cloud.pool,
+                meta,
+                backup.id,
+                BackupCommand::RecordSnapshotStates { states },
+            )
+            .await,
+        )?;
+    }
+    Ok(())
+}
+
+/// After a backup: retention runs, a failed or partial backup is retried
+/// when the policy allows, and then the policy learns the outcome (so a
+/// policy shows as running until its cleanup is done).
+async fn finish(
+    ctx: &BackupContext,
+    meta: &safehold_domain::CommandMetadata,
+    backup: &BackupState,
+    policy: Option<&PolicyState>,
+) -> anyhow::Result<()> {
+    let pool = &ctx.cloud.pool;
+    let succeeded = backup.status == BackupStatus::Successful;
+    if let Some(policy) = policy.filter(|p| !p.removed) {
+        if !succeeded {
+            schedule_retry(pool, backup, policy).await?;
+        }
+        // A cleanup failure must not keep the policy from its next backup:
+        // what it left is picked up by the next cleanup.
+        if let Err(e) = apply_retention(ctx, meta, policy, backup).await {
+            tracing::warn!(policy = %policy.id, error = %e, "retention did not complete");
+        }
+    }
+    match execute::<Policy>(
+        pool,
+        meta,
+        backup.policy_id,
+        PolicyCommand::FinishBackup {
+            backup_id: backup.id,
+            succeeded,
+        },
+    )
+    .await
+    {
+        Ok(()) | Err(cqrs_es::AggregateError::UserError(DomainError::NotFound(_))) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+async fn schedule_retry(
+    pool: &PgPool,
+    backup: &BackupState,
+    policy: &PolicyState,
+) -> anyhow::Result<()> {
+    let (of, attempt) = match backup.trigger {
+        Trigger::Retry { of, attempt } => (of, attempt),
+        _ => (backup.id, 0),
+    };
+    if attempt >= policy.settings.retries {
+        return Ok(());
+    }
+    let retry = RetryJob {
+        tenant_id: backup.tenant_id.0,
+        policy_id: policy.id,
+        of,
+        attempt: attempt + 1,
+    };
+    let run_at =
+        Utc::now() + chrono::Duration::minutes(i64::from(policy.settings.retry_wait_minutes));
+    let mut conn = pool.acquire().await?;
+    enqueue(
+        &mut conn,
+        RETRY_QUEUE,
+        Uuid::new_v5(&of, format!("retry-job-{}", attempt + 1).as_bytes()),
+        &retry,
+        run_at,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the AWS objects of the policy's backups beyond its generations.
+/// `just_finished` is the backup that triggered it: its outcome may not have
+/// reached the read model yet.
+pub async fn apply_retention(
+    ctx: &BackupContext,
+    meta: &safehold_domain::CommandMetadata,
+    policy: &PolicyState,
+    just_finished: &BackupState,
+) -> anyhow::Result<()> {
+    let pool = &ctx.cloud.pool;
+    let rows: Vec<(Uuid, chrono::DateTime<Utc>, String, bool, bool)> = sqlx::query_as(
+        "SELECT backup_id, started_at, status, frozen, deleted_at IS NOT NULL
+           FROM backups WHERE tenant_id = $1 AND policy_id = $2",
+    )
+    .bind(policy.tenant_id.0)
+    .bind(policy.id)
+    .fetch_all(pool)
+    .await?;
+    let candidates: Vec<RetentionCandidate> = rows
+        .into_iter()
+        .map(
+            |(id, started_at, status, frozen, deleted)| RetentionCandidate {
+                id,
+                started_at,
+                status: if id == just_finished.id {
+                    just_finished.status
+                } else {
+                    match status.as_str() {
+                        "successful" => BackupStatus::Successful,
+                        "partially_successful" => BackupStatus::PartiallySuccessful,
+                        "failed" => BackupStatus::Failed,
+                        _ => BackupStatus::InProgress,
+                    }
+                },
+                frozen,
+                deleted,
+            },
+        )
+        .collect();
+    for id in expired(&candidates, policy.settings.generations) {
+        delete_backup(ctx, meta, policy.tenant_id.0, id).await?;
+    }
+    Ok(())
+}
+
+/// Deletes a backup's AWS objects (or tags them where deletion is not
+/// allowed) and records it. Frozen backups are deleted only on request.
+pub async fn delete_backup(
+    ctx: &BackupContext,
+    meta: &safehold_domain::CommandMetadata,
+    tenant: Uuid,
+    backup_id: Uuid,
+) -> anyhow::Result<()> {
+    let pool = &ctx.cloud.pool;
+    let Some(backup) = load::<Backup>(pool, tenant, backup_id).await?.state else {
+        return Ok(());
+    };
+    if backup.deleted {
+        return Ok(());
+    }
+    let account =
+        safehold_projections::accounts::find(pool, TenantId(tenant), backup.account_id).await?;
+    let mut marked_only = false;
+    if let Some(account) = account {
+        marked_only = account.kind == "vault" && !account.allow_delete;
+        for snapshot in backup.snapshots() {
+            let Some(artifact) = artifact_of(snapshot) else {
+                continue;
+            };
+            let config = ctx
+                .cloud
+                .config(TenantId(tenant), &account, &snapshot.region)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if marked_only && artifact.kind == ArtifactKind::DynamodbBackup {
+                // On-demand DynamoDB backups cannot carry tags.
+                tracing::warn!(backup = %backup_id, id = %snapshot.id, "cannot mark a DynamoDB backup as expired");
+                continue;
+            }
+            let outcome = if marked_only {
+                aws::mark_expired(&config, &artifact, Utc::now()).await
+            } else {
+                aws::delete(&config, &artifact).await
+            };
+            outcome.map_err(|e| anyhow::anyhow!("deleting {}: {e}", snapshot.id))?;
+        }
+    }
+    execute::<Backup>(
+        pool,
+        meta,
+        backup_id,
+        BackupCommand::RecordDeleted { marked_only },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Queue of delayed retries of failed backups.
+pub const RETRY_QUEUE: &str = "safehold::backup-retry";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RetryJob {
+    pub tenant_id: Uuid,
+    pub policy_id: Uuid,
+    /// The first backup of the series.
+    pub of: Uuid,
+    pub attempt: u32,
+}
+
+/// The id of the n-th retry of a backup: the same however often it is tried.
+pub fn retry_backup_id(of: Uuid, attempt: u32) -> Uuid {
+    Uuid::new_v5(&of, format!("retry-{attempt}").as_bytes())
+}
+
+async fn run_retry(job: RetryJob, ctx: Data<BackupContext>) -> Result<(), Error> {
+    let meta = system_metadata(TenantId(job.tenant_id), "backup-retry");
+    let outcome = execute::<Policy>(
+        &ctx.cloud.pool,
+        &meta,
+        job.policy_id,
+        PolicyCommand::StartBackup {
+            backup_id: retry_backup_id(job.of, job.attempt),
+            trigger: Trigger::Retry {
+                of: job.of,
+                attempt: job.attempt,
+            },
+        },
+    )
+    .await;
+    match outcome {
+        Ok(()) => {
+            safehold_projections::runtime::notify_committed(&ctx.cloud.pool).await;
+            Ok(())
+        }
+        // Another backup runs, or the policy is gone: no retry then.
+        Err(cqrs_es::AggregateError::UserError(e)) => {
+            tracing::info!(policy = %job.policy_id, reason = %e, "retry not started");
+            Ok(())
+        }
+        Err(e) => Err(Error::Failed(std::sync::Arc::new(Box::new(
+            std::io::Error::other(e.to_string()),
+        )))),
+    }
+}
+
+fn failed(e: anyhow::Error) -> Error {
+    Error::Failed(std::sync::Arc::new(Box::new(std::io::Error::other(
+        e.to_string(),
+    ))))
+}
+
+async fn run_backup_job(job: BackupJob, ctx: Data<BackupContext>) -> Result<(), Error> {
+    let pool = &ctx.cloud.pool;
+    // One run per backup at a time; a second one (after a crash) leaves it be.
+    let mut lock = pool.acquire().await.map_err(|e| failed(e.into()))?;
+    let key = backup_lock_key(job.backup_id);
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *lock)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    if !locked {
+        return Ok(());
+    }
+    let outcome = run_round(&ctx, &job).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *lock)
+        .await;
+    match outcome.map_err(failed)? {
+        Round::Finished(status) => {
+            tracing::info!(backup = %job.backup_id, status = status.as_str(), "backup finished");
+            safehold_projections::runtime::notify_committed(pool).await;
+        }
+        Round::Again => {
+            let run_at = Utc::now()
+                + chrono::Duration::from_std(ctx.settings.poll_every).unwrap_or_default();
+            enqueue(&mut lock, BACKUP_QUEUE, Uuid::new_v4(), &job, run_at)
+                .await
+                .map_err(|e| failed(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+fn backup_lock_key(backup: Uuid) -> i64 {
+    let bytes = backup.as_bytes();
+    i64::from_be_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+/// Runs backup and retry jobs until `stop`.
+pub async fn run_workers(ctx: BackupContext, mut stop: watch::Receiver<bool>) {
+    let pool = ctx.cloud.pool.clone();
+    let poll = apalis_sql::Config::new(BACKUP_QUEUE).set_poll_interval(Duration::from_millis(500));
+    let backups: PostgresStorage<BackupJob> = PostgresStorage::new_with_config(pool.clone(), poll);
+    let retries: PostgresStorage<RetryJob> = PostgresStorage::new_with_config(
+        pool,
+        apalis_sql::Config::new(RETRY_QUEUE).set_poll_interval(Duration::from_secs(5)),
+    );
+    let concurrency = ctx.settings.concurrency;
+    let monitor = Monitor::new()
+        .register(
+            WorkerBuilder::new(format!("backup-{}", Uuid::new_v4()))
+                .concurrency(concurrency)
+                .data(ctx.clone())
+                .backend(backups)
+                .build_fn(run_backup_job),
+        )
+        .register(
+            WorkerBuilder::new(format!("backup-retry-{}", Uuid::new_v4()))
+                .data(ctx)
+                .backend(retries)
+                .build_fn(run_retry),
+        );
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        Ok(())
+    };
+    if let Err(e) = monitor.run_with_signal(stopped).await {
+        tracing::warn!(error = %e, "backup workers stopped");
+    }
+}
