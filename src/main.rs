@@ -116,7 +116,7 @@ async fn background(cloud: safehold_cloud::resolve::Cloud, stop: watch::Receiver
     let projector = safehold_projections::Projector::new(cloud.pool.clone());
     let backups = safehold_jobs::backup::BackupContext {
         cloud: cloud.clone(),
-        settings: safehold_jobs::backup::BackupSettings::default(),
+        settings: safehold_jobs::backup::BackupSettings::from_env(),
     };
     tokio::join!(
         projector.run(stop.clone()),

@@ -45,6 +45,8 @@ pub struct BackupSettings {
     pub timeout: Duration,
     /// Backups worked on at once by one process.
     pub concurrency: usize,
+    /// A job held by a worker not seen for this long (it died) runs again.
+    pub orphaned_after: Duration,
 }
 
 impl Default for BackupSettings {
@@ -53,7 +55,36 @@ impl Default for BackupSettings {
             poll_every: Duration::from_secs(30),
             timeout: Duration::from_secs(12 * 3600),
             concurrency: 8,
+            orphaned_after: Duration::from_secs(120),
         }
+    }
+}
+
+impl BackupSettings {
+    /// Defaults, with `SAFEHOLD_BACKUP_POLL_MS` and
+    /// `SAFEHOLD_JOB_ORPHANED_AFTER_MS` when set.
+    pub fn from_env() -> Self {
+        let ms = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        let defaults = Self::default();
+        Self {
+            poll_every: ms("SAFEHOLD_BACKUP_POLL_MS").unwrap_or(defaults.poll_every),
+            orphaned_after: ms("SAFEHOLD_JOB_ORPHANED_AFTER_MS").unwrap_or(defaults.orphaned_after),
+            ..defaults
+        }
+    }
+
+    fn queue(&self, name: &str, poll: Duration) -> apalis_sql::Config {
+        // Workers report every quarter of the orphan delay, so a live worker
+        // is never taken for dead.
+        apalis_sql::Config::new(name)
+            .set_poll_interval(poll)
+            .set_keep_alive(self.orphaned_after / 4)
+            .set_reenqueue_orphaned_after(self.orphaned_after)
     }
 }
 
@@ -787,11 +818,13 @@ fn backup_lock_key(backup: Uuid) -> i64 {
 /// Runs backup and retry jobs until `stop`.
 pub async fn run_workers(ctx: BackupContext, mut stop: watch::Receiver<bool>) {
     let pool = ctx.cloud.pool.clone();
-    let poll = apalis_sql::Config::new(BACKUP_QUEUE).set_poll_interval(Duration::from_millis(500));
-    let backups: PostgresStorage<BackupJob> = PostgresStorage::new_with_config(pool.clone(), poll);
+    let backups: PostgresStorage<BackupJob> = PostgresStorage::new_with_config(
+        pool.clone(),
+        ctx.settings.queue(BACKUP_QUEUE, Duration::from_millis(500)),
+    );
     let retries: PostgresStorage<RetryJob> = PostgresStorage::new_with_config(
         pool,
-        apalis_sql::Config::new(RETRY_QUEUE).set_poll_interval(Duration::from_secs(5)),
+        ctx.settings.queue(RETRY_QUEUE, Duration::from_secs(5)),
     );
     let concurrency = ctx.settings.concurrency;
     let monitor = Monitor::new()
