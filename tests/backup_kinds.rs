@@ -717,6 +717,35 @@ async fn instance_volume_selection_is_honoured() {
             .await;
         assert_eq!(of_other.len(), 1, "only the first backup's: {of_other:?}");
     }
+
+    // A volume attached after the last discovery is not in an include list.
+    let zone = "us-east-1a";
+    let late = x
+        .ec2
+        .create_volume()
+        .availability_zone(zone)
+        .size(4)
+        .send()
+        .await
+        .unwrap();
+    let late = late.volume_id().unwrap().to_string();
+    x.ec2
+        .attach_volume()
+        .volume_id(&late)
+        .instance_id(&instance)
+        .device("/dev/sdh")
+        .send()
+        .await
+        .unwrap();
+    let third = x.run(&policy).await;
+    assert_eq!(third["status"], "successful", "{third}");
+    let reported: Vec<_> = third["snapshots"].as_array().unwrap().clone();
+    assert_eq!(reported.len(), 1, "{third}");
+    assert_eq!(reported[0]["device"], "/dev/sdf");
+    assert!(x
+        .snapshots_where("volume-id", std::slice::from_ref(&late))
+        .await
+        .is_empty());
 }
 
 #[tokio::test]

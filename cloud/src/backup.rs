@@ -569,6 +569,27 @@ pub async fn snapshot_volume(
     ))
 }
 
+/// Like `snapshot_instance`, keeping only the volumes at `include_devices`:
+/// the rest is worked out from the instance as it is now, so a volume
+/// attached since the last discovery is left out too.
+pub async fn snapshot_instance_including(
+    config: &SdkConfig,
+    label: &BackupLabel,
+    instance_id: &str,
+    include_devices: &[String],
+) -> Result<Vec<Artifact>, CloudError> {
+    let client = aws_sdk_ec2::Client::new(config);
+    let instance = describe_instance(&client, instance_id).await?;
+    let exclude: Vec<String> = instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.device_name())
+        .filter(|d| !include_devices.iter().any(|i| i == d))
+        .map(str::to_string)
+        .collect();
+    snapshot_instance(config, label, instance_id, &exclude).await
+}
+
 /// Crash-consistent snapshots of an instance's EBS volumes in one
 /// CreateSnapshots call, leaving out the volumes at `exclude_devices`
 /// (excluding the root device sets ExcludeBootVolume). Tagged with the label

@@ -255,39 +255,6 @@ fn artifact_of(snapshot: &Snapshot) -> Option<Artifact> {
     })
 }
 
-/// Devices of an instance (from the inventory) to leave out of its snapshots.
-async fn excluded_devices(
-    pool: &PgPool,
-    tenant: Uuid,
-    account: Uuid,
-    target: &Target,
-    selection: &VolumeSelection,
-) -> anyhow::Result<Vec<String>> {
-    Ok(match selection {
-        VolumeSelection::All => vec![],
-        VolumeSelection::Exclude { devices } => devices.clone(),
-        VolumeSelection::Include { devices } => {
-            let details: Option<serde_json::Value> = sqlx::query_scalar(
-                "SELECT details FROM resources WHERE tenant_id = $1 AND account_id = $2 AND region = $3
-                   AND resource_type = 'ec2_instance' AND resource_id = $4",
-            )
-            .bind(tenant)
-            .bind(account)
-            .bind(&target.key.region)
-            .bind(&target.key.resource_id)
-            .fetch_optional(pool)
-            .await?;
-            details
-                .and_then(|d| d["volumes"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|v| v["device"].as_str().map(str::to_string))
-                .filter(|d| !devices.contains(d))
-                .collect()
-        }
-    })
-}
-
 /// Creates (or finds, when a previous run already did) the AWS objects of one target.
 async fn take_target(
     ctx: &BackupContext,
@@ -333,19 +300,21 @@ async fn take_target(
                     one(aws::image_instance(config, &label, id, false).await)
                 }
                 InstanceMode::Snapshots | InstanceMode::SnapshotsWithInitialAmi => {
-                    let exclude = excluded_devices(
-                        &ctx.cloud.pool,
-                        backup.tenant_id.0,
-                        account.account_id,
-                        target,
-                        &options.volumes,
-                    )
-                    .await?;
-                    let mut artifacts =
-                        match aws::snapshot_instance(config, &label, id, &exclude).await {
-                            Ok(a) => a,
-                            Err(e) => return Ok(Err(e)),
-                        };
+                    let taken = match &options.volumes {
+                        VolumeSelection::All => {
+                            aws::snapshot_instance(config, &label, id, &[]).await
+                        }
+                        VolumeSelection::Exclude { devices } => {
+                            aws::snapshot_instance(config, &label, id, devices).await
+                        }
+                        VolumeSelection::Include { devices } => {
+                            aws::snapshot_instance_including(config, &label, id, devices).await
+                        }
+                    };
+                    let mut artifacts = match taken {
+                        Ok(a) => a,
+                        Err(e) => return Ok(Err(e)),
+                    };
                     if options.mode == InstanceMode::SnapshotsWithInitialAmi
                         && needs_initial_ami(ctx, backup, account, id).await?
                     {
