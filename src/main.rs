@@ -219,10 +219,13 @@ async fn seed_demo(state: &AppState, endpoint: &str) -> anyhow::Result<()> {
         },
         owner_id: None,
     };
-    let row = accounts::register(state, &root, meta, account)
+    let row = accounts::register(state, &root, meta.clone(), account)
         .await
         .map_err(|e| fail("registering the demo account", e))?;
     safehold_jobs::discovery::refresh_account(&state.cloud, tenant, &row).await;
+    seed_demo_policy(state, tenant, &meta, row.account_id)
+        .await
+        .map_err(|e| fail("seeding the demo policy", e))?;
     tracing::info!(
         organisation = DEMO_ORG,
         username = DEMO_USER,
@@ -230,6 +233,109 @@ async fn seed_demo(state: &AppState, endpoint: &str) -> anyhow::Result<()> {
         aws_endpoint = endpoint,
         "demo ready: POST /v1/auth/login with these credentials"
     );
+    Ok(())
+}
+
+/// A nightly schedule and a policy protecting the sample instance and
+/// volume in us-east-1, with a first backup started at once.
+async fn seed_demo_policy(
+    state: &AppState,
+    tenant: safehold_domain::TenantId,
+    meta: &safehold_domain::CommandMetadata,
+    account: uuid::Uuid,
+) -> Result<(), safehold_api::error::ApiError> {
+    use safehold_domain::policy::{
+        InstanceMode, InstanceOptions, PolicyCommand, PolicySettings, ResourceKind, Target,
+        TargetKey, Trigger, VolumeSelection,
+    };
+    use safehold_domain::schedule::{Day, Recurrence, RepeatUnit, ScheduleCommand};
+    let owner = meta.user_id.expect("the demo root user");
+    let schedule = uuid::Uuid::new_v4();
+    let tonight = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(22, 0, 0)
+        .expect("22:00");
+    let recurrence = Recurrence {
+        start: tonight.and_utc(),
+        end: None,
+        every: 1,
+        unit: RepeatUnit::Days,
+        weekdays: vec![
+            Day::Mon,
+            Day::Tue,
+            Day::Wed,
+            Day::Thu,
+            Day::Fri,
+            Day::Sat,
+            Day::Sun,
+        ],
+        disabled_windows: vec![],
+    };
+    state
+        .commands
+        .schedule(
+            meta,
+            schedule,
+            ScheduleCommand::Create {
+                id: schedule,
+                tenant_id: tenant,
+                owner_id: owner,
+                name: "every-night".into(),
+                description: "Every night at 22:00".into(),
+                recurrence,
+            },
+        )
+        .await?;
+    let policy = uuid::Uuid::new_v4();
+    let mut commands = vec![
+        PolicyCommand::Create {
+            id: policy,
+            tenant_id: tenant,
+            owner_id: owner,
+            account_id: account,
+            name: "demo-nightly".into(),
+            settings: PolicySettings {
+                description: "The sample web server and shared data volume".into(),
+                generations: 7,
+                ..PolicySettings::default()
+            },
+            enabled: true,
+            from_tag_scan: false,
+        },
+        PolicyCommand::AttachSchedule(schedule),
+    ];
+    let resources: Vec<(String, String)> = sqlx::query_as(
+        "SELECT resource_type, resource_id FROM resources
+          WHERE tenant_id = $1 AND account_id = $2 AND region = 'us-east-1'
+            AND name IN ('web-1', 'shared-data')",
+    )
+    .bind(tenant.0)
+    .bind(account)
+    .fetch_all(&state.pool)
+    .await?;
+    for (kind, id) in resources {
+        let Some(kind) = ResourceKind::parse(&kind) else {
+            continue;
+        };
+        commands.push(PolicyCommand::PutTarget(Target {
+            instance: (kind == ResourceKind::Ec2Instance).then_some(InstanceOptions {
+                mode: InstanceMode::Snapshots,
+                volumes: VolumeSelection::All,
+            }),
+            key: TargetKey {
+                kind,
+                region: "us-east-1".into(),
+                resource_id: id,
+            },
+        }));
+    }
+    commands.push(PolicyCommand::StartBackup {
+        backup_id: uuid::Uuid::new_v4(),
+        trigger: Trigger::AdHoc,
+    });
+    for command in commands {
+        state.commands.policy(meta, policy, command).await?;
+    }
     Ok(())
 }
 
