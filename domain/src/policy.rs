@@ -16,8 +16,9 @@ use crate::settings::FieldError;
 use crate::user::ResourceLimits;
 use crate::{DomainError, TenantId, UserId};
 
-/// At most this many targets per policy.
-pub const MAX_TARGETS: usize = 100;
+/// At most this many DynamoDB tables per policy (their backups are started
+/// one API call each and share a per-account limit of concurrent backups).
+pub const MAX_DYNAMODB_TARGETS: usize = 100;
 
 /// The six kinds of resources a policy protects.
 #[derive(
@@ -661,10 +662,17 @@ impl Aggregate for Policy {
                 match state.target(&target.key) {
                     Some(existing) if existing == &target => vec![],
                     Some(_) => vec![PolicyEvent::TargetPut(target)],
-                    None if state.targets.len() >= MAX_TARGETS => {
+                    None if target.key.kind == ResourceKind::DynamodbTable
+                        && state
+                            .targets
+                            .iter()
+                            .filter(|t| t.key.kind == ResourceKind::DynamodbTable)
+                            .count()
+                            >= MAX_DYNAMODB_TARGETS =>
+                    {
                         return Err(DomainError::conflict(
                             "too_many_targets",
-                            format!("a policy has at most {MAX_TARGETS} targets"),
+                            format!("a policy has at most {MAX_DYNAMODB_TARGETS} DynamoDB tables"),
                         ))
                     }
                     None => vec![PolicyEvent::TargetPut(target)],
@@ -1049,15 +1057,31 @@ mod tests {
     }
 
     #[test]
-    fn targets_are_capped_at_one_hundred() {
+    fn dynamodb_tables_are_capped_at_one_hundred_per_policy() {
+        let table = |name: &str| Target {
+            key: TargetKey {
+                kind: ResourceKind::DynamodbTable,
+                region: "us-east-1".into(),
+                resource_id: name.into(),
+            },
+            instance: None,
+        };
         let mut given = vec![created(true)];
-        given.extend((0..MAX_TARGETS).map(|i| PolicyEvent::TargetPut(volume(&format!("vol-{i}")))));
+        given.extend(
+            (0..MAX_DYNAMODB_TARGETS).map(|i| PolicyEvent::TargetPut(table(&format!("t{i}")))),
+        );
+        // Other kinds are not capped by it.
+        given.extend((0..150).map(|i| PolicyEvent::TargetPut(volume(&format!("vol-{i}")))));
+        Test::with(())
+            .given(given.clone())
+            .when(PolicyCommand::PutTarget(volume("vol-extra")))
+            .then_expect_events(vec![PolicyEvent::TargetPut(volume("vol-extra"))]);
         Test::with(())
             .given(given)
-            .when(PolicyCommand::PutTarget(volume("vol-extra")))
+            .when(PolicyCommand::PutTarget(table("t-extra")))
             .then_expect_error(DomainError::conflict(
                 "too_many_targets",
-                format!("a policy has at most {MAX_TARGETS} targets"),
+                format!("a policy has at most {MAX_DYNAMODB_TARGETS} DynamoDB tables"),
             ));
     }
 
