@@ -1,6 +1,8 @@
 //! A real Safehold server on a random port, over its own fresh database.
 #![allow(dead_code)]
 
+pub mod estate;
+
 use std::net::TcpListener;
 
 use actix_web::web;
