@@ -19,6 +19,9 @@ Control endpoints (not AWS; JSON in, JSON out):
 
 * ``POST /_safehold/faults`` adds a fault rule, ``GET`` lists the rules with
   how often each fired, ``DELETE`` removes them all.
+* ``GET /_safehold/calls`` answers ``{"calls": {action: count}}``, every
+  request that reached the emulator per API action (faulted ones and
+  retries included); ``DELETE`` resets the counts.
 * ``GET /_safehold/config`` shows and ``POST /_safehold/config`` changes the
   runtime settings ``{"pending_polls": N, "rejected_access_keys": [...],
   "root_access_keys": [...]}``. A POST sets the fields it names and keeps
@@ -306,6 +309,7 @@ class FaultInjector:
         self.rng = random.Random(seed)
         self.rules = []
         self.next_rule_id = 1
+        self.calls = {}
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
@@ -314,13 +318,19 @@ class FaultInjector:
             return self.faults_endpoint(environ, start_response)
         if path == "/_safehold/config":
             return self.config_endpoint(environ, start_response)
+        if path == "/_safehold/calls":
+            return self.calls_endpoint(environ, start_response)
         target = environ.get("HTTP_X_AMZ_TARGET", "")
+        action = self.action_of(environ, target)
+        if action is not None:
+            with self.lock:
+                self.calls[action] = self.calls.get(action, 0) + 1
         rejection = rejected_access_key_error(environ, target, self.settings)
         if rejection is not None:
             status, headers, body = rejection
             start_response(status, headers)
             return [body]
-        rule = self.firing_rule(self.action_of(environ, target))
+        rule = self.firing_rule(action)
         if rule is None:
             return self.app(environ, start_response)
         if rule["kind"] == "latency":
@@ -405,6 +415,15 @@ class FaultInjector:
             raise ValueError("delay_ms must be non-negative")
         return {"action": action, "kind": kind, "probability": probability,
                 "count": count, "delay_ms": delay_ms, "fired": 0}
+
+    def calls_endpoint(self, environ, start_response):
+        method = environ["REQUEST_METHOD"]
+        with self.lock:
+            if method == "DELETE":
+                self.calls.clear()
+            elif method != "GET":
+                return _json_response(start_response, "405 Method Not Allowed", {"error": "use GET or DELETE"})
+            return _json_response(start_response, "200 OK", {"calls": dict(self.calls)})
 
     def config_endpoint(self, environ, start_response):
         method = environ["REQUEST_METHOD"]

@@ -220,6 +220,26 @@ class FaultInjectionTest(EmulatorTestCase):
         self.assertIn("kind", body["error"])
 
 
+class CallCountsTest(EmulatorTestCase):
+    def test_every_request_is_counted_per_action_faulted_ones_included(self):
+        self.assertEqual(self.emulator.control("DELETE", "/_safehold/calls"), (200, {"calls": {}}))
+        volume = self.ec2.create_volume(Size=8, AvailabilityZone="us-east-1a")["VolumeId"]
+        self.emulator.control("POST", "/_safehold/faults",
+                              {"action": "DescribeVolumes", "kind": "throttle", "count": 1})
+        try:
+            with self.assertRaises(ClientError):
+                self.ec2.describe_volumes(VolumeIds=[volume])
+        finally:
+            self.emulator.control("DELETE", "/_safehold/faults")
+        self.ec2.describe_volumes(VolumeIds=[volume])
+        status, body = self.emulator.control("GET", "/_safehold/calls")
+        self.assertEqual(status, 200)
+        # The throttled request counts like the one that went through.
+        self.assertEqual(body["calls"], {"CreateVolume": 1, "DescribeVolumes": 2})
+        self.assertEqual(self.emulator.control("DELETE", "/_safehold/calls"), (200, {"calls": {}}))
+        self.assertEqual(self.emulator.control("GET", "/_safehold/calls"), (200, {"calls": {}}))
+
+
 class PendingSnapshotsTest(EmulatorTestCase):
     ARGS = ("--pending-polls", "2")
 

@@ -280,3 +280,77 @@ async fn a_failed_backup_is_retried_later_and_raises_an_alert() {
         .await;
     assert_eq!(deleted["status"], "failed");
 }
+
+#[tokio::test]
+async fn a_round_looks_instances_up_together_and_makes_one_create_per_instance() {
+    let x = setup().await;
+    let web = x.resource("ec2_instance", "web-1").await;
+    let db = x.resource("ec2_instance", "db-1").await;
+    let policy = x
+        .policy(
+            json!({"name": "nightly"}),
+            &[instance_target(&web), instance_target(&db)],
+        )
+        .await;
+    x.emulator.reset_calls().await.unwrap();
+    let backup = x.run(&policy).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let calls = x.emulator.calls().await.unwrap();
+    let count = |action: &str| calls.get(action).copied().unwrap_or(0);
+    assert_eq!(count("CreateSnapshots"), 2, "{calls:?}");
+    assert_eq!(count("DescribeInstances"), 1, "{calls:?}");
+    assert_eq!(count("CreateSnapshot"), 0, "{calls:?}");
+    // Instance snapshots are found by the backup's tag, once per round,
+    // and completion is polled once per round: never once per instance.
+    assert!(count("DescribeSnapshots") <= 3, "{calls:?}");
+    assert_eq!(
+        x.aws_snapshots(backup["id"].as_str().unwrap()).await.len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn instance_snapshots_made_before_a_crash_are_found_not_made_again() {
+    let x = setup().await;
+    let instance = x.resource("ec2_instance", "web-1").await;
+    let instance_id = instance["id"].as_str().unwrap().to_string();
+    let policy = x
+        .policy(json!({"name": "nightly"}), &[instance_target(&instance)])
+        .await;
+    let (status, started) =
+        x.s.post(
+            &format!("/v1/policies/{policy}/run"),
+            Some(&x.root),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = started["backup_id"].as_str().unwrap().to_string();
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id FROM policies LIMIT 1")
+        .fetch_one(&x.s.pool)
+        .await
+        .unwrap();
+    // What a run that crashed after CreateSnapshots, before recording it,
+    // leaves in AWS.
+    let label = safehold_cloud::backup::BackupLabel {
+        tenant_id: tenant,
+        backup_id: id.parse().unwrap(),
+        policy_id: policy.parse().unwrap(),
+        policy_name: "nightly".into(),
+        target: format!("ec2_instance:us-east-1:{instance_id}"),
+    };
+    let early = safehold_cloud::backup::snapshot_instance(&x.config, &label, &instance_id, &[])
+        .await
+        .unwrap();
+    let backup = x.finished(&id).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let recorded: Vec<&str> = backup["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    let made: Vec<&str> = early.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(recorded, made);
+    assert_eq!(x.aws_snapshots(&id).await.len(), made.len());
+}

@@ -189,11 +189,11 @@ pub struct Artifact {
 // helpers
 // ---------------------------------------------------------------------------
 
-fn truncate(text: &str, max_chars: usize) -> String {
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
-fn error(code: &str, message: impl Into<String>) -> CloudError {
+pub(crate) fn error(code: &str, message: impl Into<String>) -> CloudError {
     CloudError {
         code: code.to_string(),
         message: message.into(),
@@ -225,7 +225,7 @@ fn is_gone(error: &CloudError) -> bool {
 }
 
 /// Ok(None) when the call failed because the thing is not there.
-fn absent_as_none<T>(result: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
+pub(crate) fn absent_as_none<T>(result: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
     match result {
         Ok(value) => Ok(Some(value)),
         Err(e) if is_gone(&e) => Ok(None),
@@ -242,11 +242,11 @@ fn tag_map<'a>(
         .collect()
 }
 
-fn ec2_tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
+pub(crate) fn ec2_tag_map(tags: &[aws_sdk_ec2::types::Tag]) -> BTreeMap<String, String> {
     tag_map(tags.iter().map(|t| (t.key(), t.value())))
 }
 
-fn rds_tag_map(tags: &[aws_sdk_rds::types::Tag]) -> BTreeMap<String, String> {
+pub(crate) fn rds_tag_map(tags: &[aws_sdk_rds::types::Tag]) -> BTreeMap<String, String> {
     tag_map(tags.iter().map(|t| (t.key(), t.value())))
 }
 
@@ -254,7 +254,7 @@ fn redshift_tag_map(tags: &[aws_sdk_redshift::types::Tag]) -> BTreeMap<String, S
     tag_map(tags.iter().map(|t| (t.key(), t.value())))
 }
 
-fn ec2_tag_spec(
+pub(crate) fn ec2_tag_spec(
     resource: aws_sdk_ec2::types::ResourceType,
     tags: &[(String, String)],
 ) -> aws_sdk_ec2::types::TagSpecification {
@@ -266,7 +266,7 @@ fn ec2_tag_spec(
         .build()
 }
 
-fn rds_tags(tags: &[(String, String)]) -> Vec<aws_sdk_rds::types::Tag> {
+pub(crate) fn rds_tags(tags: &[(String, String)]) -> Vec<aws_sdk_rds::types::Tag> {
     tags.iter()
         .map(|(k, v)| aws_sdk_rds::types::Tag::builder().key(k).value(v).build())
         .collect()
@@ -283,7 +283,7 @@ fn redshift_tags(tags: &[(String, String)]) -> Vec<aws_sdk_redshift::types::Tag>
         .collect()
 }
 
-fn ec2_filter(name: &str, values: &[impl AsRef<str>]) -> aws_sdk_ec2::types::Filter {
+pub(crate) fn ec2_filter(name: &str, values: &[impl AsRef<str>]) -> aws_sdk_ec2::types::Filter {
     values
         .iter()
         .fold(aws_sdk_ec2::types::Filter::builder().name(name), |f, v| {
@@ -292,7 +292,7 @@ fn ec2_filter(name: &str, values: &[impl AsRef<str>]) -> aws_sdk_ec2::types::Fil
         .build()
 }
 
-fn rds_filter(name: &str, values: &[String]) -> aws_sdk_rds::types::Filter {
+pub(crate) fn rds_filter(name: &str, values: &[String]) -> aws_sdk_rds::types::Filter {
     aws_sdk_rds::types::Filter::builder()
         .name(name)
         .set_values(Some(values.to_vec()))
@@ -339,7 +339,7 @@ fn check_found(
     Ok(())
 }
 
-fn ebs_state(state: Option<&aws_sdk_ec2::types::SnapshotState>) -> ArtifactState {
+pub(crate) fn ebs_state(state: Option<&aws_sdk_ec2::types::SnapshotState>) -> ArtifactState {
     match state.map(|s| s.as_str()) {
         Some("completed") => ArtifactState::Available,
         Some("pending") | Some("recovering") => ArtifactState::Pending,
@@ -347,7 +347,7 @@ fn ebs_state(state: Option<&aws_sdk_ec2::types::SnapshotState>) -> ArtifactState
     }
 }
 
-fn image_state(state: Option<&aws_sdk_ec2::types::ImageState>) -> ArtifactState {
+pub(crate) fn image_state(state: Option<&aws_sdk_ec2::types::ImageState>) -> ArtifactState {
     match state.map(|s| s.as_str()) {
         Some("available") => ArtifactState::Available,
         Some("pending") | Some("transient") => ArtifactState::Pending,
@@ -356,7 +356,7 @@ fn image_state(state: Option<&aws_sdk_ec2::types::ImageState>) -> ArtifactState 
 }
 
 /// RDS, Aurora and Redshift snapshot statuses.
-fn snapshot_status(status: Option<&str>) -> ArtifactState {
+pub(crate) fn snapshot_status(status: Option<&str>) -> ArtifactState {
     match status.map(str::to_ascii_lowercase).as_deref() {
         Some("available") => ArtifactState::Available,
         Some("creating")
@@ -433,7 +433,7 @@ async fn labelled_snapshots(
     Ok(snapshots)
 }
 
-async fn own_images(
+pub(crate) async fn own_images(
     client: &aws_sdk_ec2::Client,
     filters: Vec<aws_sdk_ec2::types::Filter>,
 ) -> Result<Vec<aws_sdk_ec2::types::Image>, CloudError> {
@@ -465,7 +465,7 @@ fn image_artifact(image: &aws_sdk_ec2::types::Image, instance_id: &str) -> Artif
     }
 }
 
-fn image_snapshot_ids(image: &aws_sdk_ec2::types::Image) -> Vec<String> {
+pub(crate) fn image_snapshot_ids(image: &aws_sdk_ec2::types::Image) -> Vec<String> {
     image
         .block_device_mappings()
         .iter()
@@ -569,9 +569,18 @@ pub async fn snapshot_volume(
     ))
 }
 
-/// Like `snapshot_instance`, keeping only the volumes at `include_devices`:
-/// the rest is worked out from the instance as it is now, so a volume
-/// attached since the last discovery is left out too.
+/// Which of an instance's volumes a snapshot set covers, by device name.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceSelection<'a> {
+    All,
+    /// Only these devices: worked out from the instance as it is now, so a
+    /// volume attached since the last discovery is left out too.
+    Include(&'a [String]),
+    /// Every device but these.
+    Exclude(&'a [String]),
+}
+
+/// Like `snapshot_instance`, keeping only the volumes at `include_devices`.
 pub async fn snapshot_instance_including(
     config: &SdkConfig,
     label: &BackupLabel,
@@ -580,14 +589,15 @@ pub async fn snapshot_instance_including(
 ) -> Result<Vec<Artifact>, CloudError> {
     let client = aws_sdk_ec2::Client::new(config);
     let instance = describe_instance(&client, instance_id).await?;
-    let exclude: Vec<String> = instance
-        .block_device_mappings()
-        .iter()
-        .filter_map(|m| m.device_name())
-        .filter(|d| !include_devices.iter().any(|i| i == d))
-        .map(str::to_string)
-        .collect();
-    snapshot_instance(config, label, instance_id, &exclude).await
+    let made = labelled_snapshots(&client, label).await?;
+    snapshot_described_instance(
+        config,
+        label,
+        &instance,
+        DeviceSelection::Include(include_devices),
+        made,
+    )
+    .await
 }
 
 /// Crash-consistent snapshots of an instance's EBS volumes in one
@@ -602,6 +612,115 @@ pub async fn snapshot_instance(
 ) -> Result<Vec<Artifact>, CloudError> {
     let client = aws_sdk_ec2::Client::new(config);
     let instance = describe_instance(&client, instance_id).await?;
+    let made = labelled_snapshots(&client, label).await?;
+    snapshot_described_instance(
+        config,
+        label,
+        &instance,
+        DeviceSelection::Exclude(exclude_devices),
+        made,
+    )
+    .await
+}
+
+/// Live instances (not terminated or shutting down) among `ids`, with their
+/// volumes and tags: one call per hundred instances, so a round checks that
+/// its instances exist and learns what to snapshot without a call per
+/// instance.
+pub async fn describe_live_instances(
+    config: &SdkConfig,
+    ids: &[String],
+) -> Result<HashMap<String, aws_sdk_ec2::types::Instance>, CloudError> {
+    let client = aws_sdk_ec2::Client::new(config);
+    let mut live = HashMap::new();
+    for batch in ids.chunks(FILTER_BATCH) {
+        let pages = client
+            .describe_instances()
+            .filters(ec2_filter("instance-id", batch))
+            .into_paginator()
+            .send()
+            .try_collect()
+            .await
+            .map_err(CloudError::from_sdk)?;
+        for instance in pages
+            .iter()
+            .flat_map(|p| p.reservations())
+            .flat_map(|r| r.instances())
+        {
+            let gone = matches!(
+                instance.state().and_then(|s| s.name()).map(|n| n.as_str()),
+                Some("terminated") | Some("shutting-down")
+            );
+            if let (Some(id), false) = (instance.instance_id(), gone) {
+                live.insert(id.to_string(), instance.clone());
+            }
+        }
+    }
+    Ok(live)
+}
+
+/// The EBS snapshots an earlier attempt already made for a backup in this
+/// region, by the `safehold:target` tag (snapshots CreateImage made for an
+/// AMI excluded): what a repeated round takes instead of creating anew.
+pub async fn backup_snapshots(
+    config: &SdkConfig,
+    backup_id: Uuid,
+) -> Result<HashMap<String, Vec<aws_sdk_ec2::types::Snapshot>>, CloudError> {
+    let pages = aws_sdk_ec2::Client::new(config)
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(ec2_filter(
+            &format!("tag:{TAG_BACKUP}"),
+            &[backup_id.to_string()],
+        ))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(CloudError::from_sdk)?;
+    let mut by_target: HashMap<String, Vec<aws_sdk_ec2::types::Snapshot>> = HashMap::new();
+    for snapshot in pages.iter().flat_map(|p| p.snapshots()) {
+        if snapshot
+            .description()
+            .unwrap_or_default()
+            .starts_with(CREATE_IMAGE_DESCRIPTION)
+        {
+            continue;
+        }
+        let target = snapshot
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(TAG_TARGET))
+            .and_then(|t| t.value());
+        if let Some(target) = target {
+            by_target
+                .entry(target.to_string())
+                .or_default()
+                .push(snapshot.clone());
+        }
+    }
+    Ok(by_target)
+}
+
+impl BackupLabel {
+    /// The value of the `safehold:target` tag, as AWS stores it.
+    pub fn target_tag(&self) -> String {
+        truncate(&self.target, MAX_TAG_VALUE)
+    }
+}
+
+/// The snapshots of a described instance's selected volumes: those in
+/// `already_made` (what an earlier attempt of this step created), or else
+/// one CreateSnapshots call.
+pub async fn snapshot_described_instance(
+    config: &SdkConfig,
+    label: &BackupLabel,
+    instance: &aws_sdk_ec2::types::Instance,
+    selection: DeviceSelection<'_>,
+    already_made: Vec<aws_sdk_ec2::types::Snapshot>,
+) -> Result<Vec<Artifact>, CloudError> {
+    let client = aws_sdk_ec2::Client::new(config);
+    let instance_id = instance.instance_id().unwrap_or_default();
     let devices: HashMap<String, String> = instance
         .block_device_mappings()
         .iter()
@@ -612,9 +731,14 @@ pub async fn snapshot_instance(
             ))
         })
         .collect();
+    let is_excluded = |device: &str| match selection {
+        DeviceSelection::All => false,
+        DeviceSelection::Include(include) => !include.iter().any(|d| d == device),
+        DeviceSelection::Exclude(exclude) => exclude.iter().any(|d| d == device),
+    };
     let excluded: HashSet<&str> = devices
         .iter()
-        .filter(|(_, device)| exclude_devices.contains(device))
+        .filter(|(_, device)| is_excluded(device))
         .map(|(volume, _)| volume.as_str())
         .collect();
     if devices.len() == excluded.len() {
@@ -624,21 +748,19 @@ pub async fn snapshot_instance(
         ));
     }
     let root = instance.root_device_name();
-    let exclude_boot = root.is_some_and(|r| exclude_devices.iter().any(|d| d == r));
+    let exclude_boot = root.is_some_and(is_excluded);
     // (snapshot id, volume id, size, state)
-    let mut snapshots: Vec<(String, String, Option<i32>, ArtifactState)> =
-        labelled_snapshots(&client, label)
-            .await?
-            .iter()
-            .map(|s| {
-                (
-                    s.snapshot_id().unwrap_or_default().to_string(),
-                    s.volume_id().unwrap_or_default().to_string(),
-                    s.volume_size(),
-                    ebs_state(s.state()),
-                )
-            })
-            .collect();
+    let mut snapshots: Vec<(String, String, Option<i32>, ArtifactState)> = already_made
+        .iter()
+        .map(|s| {
+            (
+                s.snapshot_id().unwrap_or_default().to_string(),
+                s.volume_id().unwrap_or_default().to_string(),
+                s.volume_size(),
+                ebs_state(s.state()),
+            )
+        })
+        .collect();
     if snapshots.is_empty() {
         let data_excluded: Vec<String> = devices
             .iter()
@@ -761,7 +883,7 @@ pub async fn image_instance(
 // RDS and Aurora
 // ---------------------------------------------------------------------------
 
-async fn find_db_snapshot(
+pub(crate) async fn find_db_snapshot(
     client: &aws_sdk_rds::Client,
     identifier: &str,
 ) -> Result<Option<aws_sdk_rds::types::DbSnapshot>, CloudError> {
@@ -775,7 +897,7 @@ async fn find_db_snapshot(
     Ok(out.db_snapshots().first().cloned())
 }
 
-async fn find_db_cluster_snapshot(
+pub(crate) async fn find_db_cluster_snapshot(
     client: &aws_sdk_rds::Client,
     identifier: &str,
 ) -> Result<Option<aws_sdk_rds::types::DbClusterSnapshot>, CloudError> {

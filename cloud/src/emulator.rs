@@ -68,23 +68,44 @@ impl Emulator {
 
     /// Adds a fault rule (see `emulator/README.md`).
     pub async fn inject(&self, rule: &str) -> anyhow::Result<()> {
-        self.control("POST", "/_safehold/faults", rule).await
+        self.control("POST", "/_safehold/faults", rule)
+            .await
+            .map(drop)
     }
 
     /// Removes every fault rule.
     pub async fn clear_faults(&self) -> anyhow::Result<()> {
-        self.control("DELETE", "/_safehold/faults", "").await
+        self.control("DELETE", "/_safehold/faults", "")
+            .await
+            .map(drop)
     }
 
     /// Changes the emulator's behaviour: `pending_polls`,
     /// `rejected_access_keys`, `root_access_keys` (see `emulator/README.md`).
     pub async fn configure(&self, settings: &str) -> anyhow::Result<()> {
-        self.control("POST", "/_safehold/config", settings).await
+        self.control("POST", "/_safehold/config", settings)
+            .await
+            .map(drop)
+    }
+
+    /// Requests per AWS API action since the last [`Emulator::reset_calls`]
+    /// (faulted ones included).
+    pub async fn calls(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let body = self.control("GET", "/_safehold/calls", "").await?;
+        let parsed: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(serde_json::from_value(parsed["calls"].clone())?)
+    }
+
+    /// Sets every per-action request count to zero.
+    pub async fn reset_calls(&self) -> anyhow::Result<()> {
+        self.control("DELETE", "/_safehold/calls", "")
+            .await
+            .map(drop)
     }
 
     /// A minimal HTTP/1.1 request to the control endpoints (no client crate
-    /// needed for two JSON calls).
-    async fn control(&self, method: &str, path: &str, body: &str) -> anyhow::Result<()> {
+    /// needed for a few JSON calls). Returns the response body.
+    async fn control(&self, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let authority = self.endpoint.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(authority).await?;
@@ -99,7 +120,10 @@ impl Emulator {
         if !status.starts_with('2') {
             bail!("emulator control {method} {path} failed: {response}");
         }
-        Ok(())
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default())
     }
 }
 

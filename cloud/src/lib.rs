@@ -6,6 +6,7 @@ pub use aws_config::SdkConfig;
 pub mod access;
 pub mod backup;
 pub mod emulator;
+pub mod fleet;
 pub mod inventory;
 pub mod permissions;
 pub mod resolve;

@@ -189,6 +189,11 @@ pub enum BackupCommand {
         target: TargetKey,
         snapshots: Vec<Snapshot>,
     },
+    /// What a round took for many targets at once: one append instead of
+    /// one per target. Targets already reported are left as they are.
+    RecordTaken {
+        taken: Vec<(TargetKey, Vec<Snapshot>)>,
+    },
     RecordTargetFailed {
         target: TargetKey,
         error: String,
@@ -429,6 +434,24 @@ impl Aggregate for Backup {
                     state,
                     vec![BackupEvent::SnapshotsTaken { target, snapshots }],
                 )
+            }
+            BackupCommand::RecordTaken { taken } => {
+                let state = self.running()?;
+                if taken.iter().any(|(t, _)| state.target(t).is_none()) {
+                    return Err(DomainError::NotFound("target"));
+                }
+                let mut seen = std::collections::HashSet::new();
+                let events = taken
+                    .into_iter()
+                    .filter(|(target, _)| {
+                        state
+                            .target(target)
+                            .is_some_and(|run| run.progress == TargetProgress::Waiting)
+                            && seen.insert(target.clone())
+                    })
+                    .map(|(target, snapshots)| BackupEvent::SnapshotsTaken { target, snapshots })
+                    .collect();
+                with_outcome(state, events)
             }
             BackupCommand::RecordTargetFailed { target, error } => {
                 let state = self.running()?;
@@ -707,6 +730,46 @@ mod tests {
             device: None,
             size_gib: Some(8),
         }
+    }
+
+    #[test]
+    fn a_round_records_many_targets_at_once_skipping_those_already_reported() {
+        Test::with(())
+            .given(vec![
+                begun(&["vol-1", "vol-2", "vol-3"]),
+                BackupEvent::SnapshotsTaken {
+                    target: key("vol-1"),
+                    snapshots: vec![snap("snap-1", "vol-1")],
+                },
+            ])
+            .when(BackupCommand::RecordTaken {
+                taken: vec![
+                    (key("vol-1"), vec![snap("snap-1b", "vol-1")]),
+                    (key("vol-2"), vec![snap("snap-2", "vol-2")]),
+                    (key("vol-3"), vec![snap("snap-3", "vol-3")]),
+                    (key("vol-3"), vec![snap("snap-3b", "vol-3")]),
+                ],
+            })
+            .then_expect_events(vec![
+                BackupEvent::SnapshotsTaken {
+                    target: key("vol-2"),
+                    snapshots: vec![snap("snap-2", "vol-2")],
+                },
+                BackupEvent::SnapshotsTaken {
+                    target: key("vol-3"),
+                    snapshots: vec![snap("snap-3", "vol-3")],
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_round_report_naming_a_target_outside_the_backup_is_refused() {
+        Test::with(())
+            .given(vec![begun(&["vol-1"])])
+            .when(BackupCommand::RecordTaken {
+                taken: vec![(key("vol-9"), vec![snap("snap-9", "vol-9")])],
+            })
+            .then_expect_error(DomainError::NotFound("target"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! runs of one backup (a job re-run after a crash) from working at once.
 
 use std::collections::BTreeMap;
+
+use futures::StreamExt;
 use std::time::Duration;
 
 use apalis::prelude::*;
@@ -19,13 +21,12 @@ use postgres_es::PostgresEventRepository;
 use safehold_cloud::backup::{self as aws, Artifact, ArtifactKind, ArtifactState, BackupLabel};
 use safehold_cloud::resolve::Cloud;
 use safehold_domain::backup::{
-    expired, Backup, BackupCommand, BackupState, BackupStatus, RetentionCandidate, Snapshot,
-    SnapshotState, TargetProgress,
+    Backup, BackupCommand, BackupState, BackupStatus, Snapshot, SnapshotState, TargetProgress,
 };
 use safehold_domain::ids::stream_id;
 use safehold_domain::policy::{
-    AutoTargetRemoval, InstanceMode, Policy, PolicyCommand, PolicyState, ResourceKind, Target,
-    Trigger, VolumeSelection,
+    AutoTargetRemoval, InstanceMode, InstanceOptions, Policy, PolicyCommand, PolicyState,
+    ResourceKind, Target, TargetKey, Trigger, VolumeSelection,
 };
 use safehold_domain::{DomainError, TenantId};
 use safehold_projections::accounts::AccountRow;
@@ -94,7 +95,7 @@ pub struct BackupContext {
     pub settings: BackupSettings,
 }
 
-async fn load<A: Aggregate>(pool: &PgPool, tenant: Uuid, id: Uuid) -> anyhow::Result<A> {
+pub(crate) async fn load<A: Aggregate>(pool: &PgPool, tenant: Uuid, id: Uuid) -> anyhow::Result<A> {
     let store: PersistedEventStore<PostgresEventRepository, A> =
         PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
     Ok(store
@@ -158,12 +159,20 @@ pub async fn run_round(ctx: &BackupContext, job: &BackupJob) -> anyhow::Result<R
                 .await?;
         match account {
             Some(account) => {
+                let started = std::time::Instant::now();
                 take_snapshots(ctx, &meta, &backup, policy.as_ref(), &account).await?;
+                let taking = started.elapsed();
                 let backup = load::<Backup>(pool, job.tenant_id, job.backup_id)
                     .await?
                     .state
                     .expect("begun");
                 poll_pending(ctx, &meta, &backup, &account).await?;
+                tracing::debug!(
+                    backup = %backup.id,
+                    take_ms = taking.as_millis() as u64,
+                    poll_ms = (started.elapsed() - taking).as_millis() as u64,
+                    "backup round"
+                );
             }
             None => {
                 for run in &backup.targets {
@@ -202,7 +211,9 @@ pub async fn run_round(ctx: &BackupContext, job: &BackupJob) -> anyhow::Result<R
     if backup.status == BackupStatus::InProgress {
         return Ok(Round::Again);
     }
+    let finishing = std::time::Instant::now();
     finish(ctx, &meta, &backup, policy.as_ref()).await?;
+    tracing::debug!(backup = %backup.id, finish_ms = finishing.elapsed().as_millis() as u64, "backup finished");
     Ok(Round::Finished(backup.status))
 }
 
@@ -244,26 +255,9 @@ fn snapshot_of(artifact: Artifact, region: &str) -> Snapshot {
     }
 }
 
-fn artifact_of(snapshot: &Snapshot) -> Option<Artifact> {
-    Some(Artifact {
-        kind: serde_json::from_value(serde_json::Value::String(snapshot.kind.clone())).ok()?,
-        id: snapshot.id.clone(),
-        source: snapshot.source.clone(),
-        device: snapshot.device.clone(),
-        size_gib: snapshot.size_gib,
-        state: ArtifactState::Pending,
-    })
-}
-
-/// Creates (or finds, when a previous run already did) the AWS objects of one target.
-async fn take_target(
-    ctx: &BackupContext,
-    backup: &BackupState,
-    account: &AccountRow,
-    config: &safehold_cloud::SdkConfig,
-    target: &Target,
-) -> anyhow::Result<Result<Vec<Artifact>, safehold_cloud::access::CloudError>> {
-    let label = BackupLabel {
+/// The tags and names of what a backup creates for one target.
+fn label_of(backup: &BackupState, target: &Target) -> BackupLabel {
+    BackupLabel {
         tenant_id: backup.tenant_id.0,
         backup_id: backup.id,
         policy_id: backup.policy_id,
@@ -274,60 +268,46 @@ async fn take_target(
             target.key.region,
             target.key.resource_id
         ),
-    };
-    let id = target.key.resource_id.as_str();
-    let one = |r: Result<Artifact, _>| r.map(|a| vec![a]);
-    Ok(match target.key.kind {
-        ResourceKind::EbsVolume => one(aws::snapshot_volume(config, &label, id).await),
-        ResourceKind::RdsInstance => one(aws::snapshot_rds(config, &label, id).await),
-        ResourceKind::AuroraCluster => one(aws::snapshot_aurora(config, &label, id).await),
-        ResourceKind::RedshiftCluster => one(aws::snapshot_redshift(config, &label, id).await),
-        ResourceKind::DynamodbTable => one(aws::backup_dynamodb(config, &label, id).await),
-        ResourceKind::Ec2Instance => {
-            let options =
-                target
-                    .instance
-                    .clone()
-                    .unwrap_or(safehold_domain::policy::InstanceOptions {
-                        mode: InstanceMode::Snapshots,
-                        volumes: VolumeSelection::All,
-                    });
-            match options.mode {
-                InstanceMode::AmiWithReboot => {
-                    one(aws::image_instance(config, &label, id, true).await)
-                }
-                InstanceMode::AmiWithoutReboot => {
-                    one(aws::image_instance(config, &label, id, false).await)
-                }
-                InstanceMode::Snapshots | InstanceMode::SnapshotsWithInitialAmi => {
-                    let taken = match &options.volumes {
-                        VolumeSelection::All => {
-                            aws::snapshot_instance(config, &label, id, &[]).await
-                        }
-                        VolumeSelection::Exclude { devices } => {
-                            aws::snapshot_instance(config, &label, id, devices).await
-                        }
-                        VolumeSelection::Include { devices } => {
-                            aws::snapshot_instance_including(config, &label, id, devices).await
-                        }
-                    };
-                    let mut artifacts = match taken {
-                        Ok(a) => a,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    if options.mode == InstanceMode::SnapshotsWithInitialAmi
-                        && needs_initial_ami(ctx, backup, account, id).await?
-                    {
-                        match aws::image_instance(config, &label, id, false).await {
-                            Ok(image) => artifacts.push(image),
-                            Err(e) => return Ok(Err(e)),
-                        }
-                    }
-                    Ok(artifacts)
-                }
-            }
-        }
+    }
+}
+
+fn instance_options(target: &Target) -> InstanceOptions {
+    target.instance.clone().unwrap_or(InstanceOptions {
+        mode: InstanceMode::Snapshots,
+        volumes: VolumeSelection::All,
     })
+}
+
+/// Instances backed up by EBS snapshots are taken together, a region at a
+/// time (see `take_instance_snapshots`); everything else one by one.
+fn takes_instance_snapshots(target: &Target) -> bool {
+    target.key.kind == ResourceKind::Ec2Instance
+        && matches!(
+            instance_options(target).mode,
+            InstanceMode::Snapshots | InstanceMode::SnapshotsWithInitialAmi
+        )
+}
+
+/// Creates (or finds, when a previous run already did) the AWS objects of
+/// one target that is not an instance backed up by snapshots.
+async fn take_target(
+    backup: &BackupState,
+    config: &safehold_cloud::SdkConfig,
+    target: &Target,
+) -> Result<Artifact, safehold_cloud::access::CloudError> {
+    let label = label_of(backup, target);
+    let id = target.key.resource_id.as_str();
+    match target.key.kind {
+        ResourceKind::EbsVolume => aws::snapshot_volume(config, &label, id).await,
+        ResourceKind::RdsInstance => aws::snapshot_rds(config, &label, id).await,
+        ResourceKind::AuroraCluster => aws::snapshot_aurora(config, &label, id).await,
+        ResourceKind::RedshiftCluster => aws::snapshot_redshift(config, &label, id).await,
+        ResourceKind::DynamodbTable => aws::backup_dynamodb(config, &label, id).await,
+        ResourceKind::Ec2Instance => {
+            let reboot = instance_options(target).mode == InstanceMode::AmiWithReboot;
+            aws::image_instance(config, &label, id, reboot).await
+        }
+    }
 }
 
 /// An instance keeps one initial AMI, renewed after the organisation's
@@ -363,6 +343,12 @@ async fn needs_initial_ami(
     })
 }
 
+/// Creating calls a round has in flight at once.
+pub const CREATE_CONCURRENCY: usize = 16;
+
+/// What a round took, recorded in one append per region.
+type Taken = Vec<(TargetKey, Vec<Snapshot>)>;
+
 async fn take_snapshots(
     ctx: &BackupContext,
     meta: &safehold_domain::CommandMetadata,
@@ -370,91 +356,219 @@ async fn take_snapshots(
     policy: Option<&PolicyState>,
     account: &AccountRow,
 ) -> anyhow::Result<()> {
-    let pool = &ctx.cloud.pool;
+    let mut by_region: BTreeMap<&str, Vec<&Target>> = BTreeMap::new();
     for run in backup
         .targets
         .iter()
         .filter(|t| t.progress == TargetProgress::Waiting)
     {
-        let key = &run.target.key;
+        by_region
+            .entry(run.target.key.region.as_str())
+            .or_default()
+            .push(&run.target);
+    }
+    for (region, targets) in by_region {
         let config = ctx
             .cloud
-            .config(backup.tenant_id, account, &key.region)
+            .config(backup.tenant_id, account, region)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        match aws::source_exists(&config, key.kind.as_str(), &key.resource_id).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let removal = policy
-                    .map(|p| p.settings.auto_target_removal)
-                    .unwrap_or(AutoTargetRemoval::No);
-                let remove = removal != AutoTargetRemoval::No;
-                if remove {
-                    let _ = execute::<Policy>(
-                        pool,
-                        meta,
-                        backup.policy_id,
-                        PolicyCommand::RemoveTarget {
-                            key: key.clone(),
-                            vanished: true,
-                        },
-                    )
-                    .await;
+        let (instances, others): (Vec<&Target>, Vec<&Target>) = targets
+            .into_iter()
+            .partition(|t| takes_instance_snapshots(t));
+        let mut taken = Taken::new();
+        take_instance_snapshots(
+            ctx, meta, backup, policy, account, &config, &instances, &mut taken,
+        )
+        .await?;
+        for target in others {
+            let key = &target.key;
+            match aws::source_exists(&config, key.kind.as_str(), &key.resource_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    target_vanished(&ctx.cloud.pool, meta, backup, policy, key).await?;
+                    continue;
                 }
-                let command = if remove {
-                    BackupCommand::RecordTargetVanished {
-                        target: key.clone(),
-                        removed_from_policy: true,
-                    }
-                } else {
-                    BackupCommand::RecordTargetFailed {
-                        target: key.clone(),
-                        error: "the resource no longer exists".into(),
-                    }
-                };
-                ignore_finished(execute::<Backup>(pool, meta, backup.id, command).await)?;
+                Err(e) if e.is_transient() => continue,
+                Err(e) => {
+                    record_failure(&ctx.cloud.pool, meta, backup, key, &e.to_string()).await?;
+                    continue;
+                }
+            }
+            match take_target(backup, &config, target).await {
+                Ok(artifact) => taken.push((key.clone(), vec![snapshot_of(artifact, region)])),
+                // Throttling and AWS-side failures: try again next round.
+                Err(e) if e.is_transient() => {
+                    tracing::info!(backup = %backup.id, error = %e, "will retry a snapshot");
+                }
+                Err(e) => {
+                    record_failure(&ctx.cloud.pool, meta, backup, key, &e.to_string()).await?
+                }
+            }
+        }
+        if !taken.is_empty() {
+            ignore_finished(
+                execute::<Backup>(
+                    &ctx.cloud.pool,
+                    meta,
+                    backup.id,
+                    BackupCommand::RecordTaken { taken },
+                )
+                .await,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Snapshots of a region's instances: one DescribeInstances per hundred
+/// instances tells which still exist and what their volumes are, one
+/// DescribeSnapshots finds what an interrupted earlier round already made,
+/// then one CreateSnapshots per instance not yet taken.
+#[allow(clippy::too_many_arguments)]
+async fn take_instance_snapshots(
+    ctx: &BackupContext,
+    meta: &safehold_domain::CommandMetadata,
+    backup: &BackupState,
+    policy: Option<&PolicyState>,
+    account: &AccountRow,
+    config: &safehold_cloud::SdkConfig,
+    targets: &[&Target],
+    taken: &mut Taken,
+) -> anyhow::Result<()> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let pool = &ctx.cloud.pool;
+    let ids: Vec<String> = targets.iter().map(|t| t.key.resource_id.clone()).collect();
+    let looked_up = async {
+        let live = aws::describe_live_instances(config, &ids).await?;
+        let made = aws::backup_snapshots(config, backup.id).await?;
+        Ok::<_, safehold_cloud::access::CloudError>((live, made))
+    };
+    let (live, mut made) = match looked_up.await {
+        Ok(found) => found,
+        Err(e) if e.is_transient() => {
+            tracing::info!(backup = %backup.id, error = %e, "will look up instances next round");
+            return Ok(());
+        }
+        Err(e) => {
+            for target in targets {
+                record_failure(pool, meta, backup, &target.key, &e.to_string()).await?;
+            }
+            return Ok(());
+        }
+    };
+    let mut present = Vec::new();
+    for target in targets {
+        match live.get(&target.key.resource_id) {
+            Some(instance) => {
+                let label = label_of(backup, target);
+                let already_made = made.remove(&label.target_tag()).unwrap_or_default();
+                present.push((*target, instance, label, already_made));
+            }
+            None => target_vanished(pool, meta, backup, policy, &target.key).await?,
+        }
+    }
+    let mut creating = Vec::with_capacity(present.len());
+    for (target, instance, label, already_made) in present {
+        creating.push(async move {
+            let options = instance_options(target);
+            let selection = match &options.volumes {
+                VolumeSelection::All => aws::DeviceSelection::All,
+                VolumeSelection::Include { devices } => aws::DeviceSelection::Include(devices),
+                VolumeSelection::Exclude { devices } => aws::DeviceSelection::Exclude(devices),
+            };
+            let result =
+                aws::snapshot_described_instance(config, &label, instance, selection, already_made)
+                    .await;
+            (target, label, result)
+        });
+    }
+    let results: Vec<_> = futures::stream::iter(creating)
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    for (target, label, result) in results {
+        let key = &target.key;
+        let mut artifacts = match result {
+            Ok(artifacts) => artifacts,
+            // Throttling and AWS-side failures: the next round finds what
+            // was made by its tags and takes the rest.
+            Err(e) if e.is_transient() => {
+                tracing::info!(backup = %backup.id, error = %e, "will retry a snapshot");
                 continue;
             }
-            Err(e) if e.is_transient() => continue,
             Err(e) => {
                 record_failure(pool, meta, backup, key, &e.to_string()).await?;
                 continue;
             }
-        }
-        match take_target(ctx, backup, account, &config, &run.target).await? {
-            Ok(artifacts) => {
-                let snapshots = artifacts
-                    .into_iter()
-                    .map(|a| snapshot_of(a, &key.region))
-                    .collect();
-                ignore_finished(
-                    execute::<Backup>(
-                        pool,
-                        meta,
-                        backup.id,
-                        BackupCommand::RecordSnapshots {
-                            target: key.clone(),
-                            snapshots,
-                        },
-                    )
-                    .await,
-                )?;
+        };
+        if instance_options(target).mode == InstanceMode::SnapshotsWithInitialAmi
+            && needs_initial_ami(ctx, backup, account, &key.resource_id).await?
+        {
+            match aws::image_instance(config, &label, &key.resource_id, false).await {
+                Ok(image) => artifacts.push(image),
+                Err(e) if e.is_transient() => continue,
+                Err(e) => {
+                    record_failure(pool, meta, backup, key, &e.to_string()).await?;
+                    continue;
+                }
             }
-            // Throttling and AWS-side failures: try again next round.
-            Err(e) if e.is_transient() => {
-                tracing::info!(backup = %backup.id, error = %e, "will retry a snapshot");
-            }
-            Err(e) => record_failure(pool, meta, backup, key, &e.to_string()).await?,
         }
+        let snapshots = artifacts
+            .into_iter()
+            .map(|a| snapshot_of(a, &key.region))
+            .collect();
+        taken.push((key.clone(), snapshots));
     }
     Ok(())
+}
+
+/// A target whose resource no longer exists fails, or with auto target
+/// removal leaves the policy with a warning in the backup log.
+async fn target_vanished(
+    pool: &PgPool,
+    meta: &safehold_domain::CommandMetadata,
+    backup: &BackupState,
+    policy: Option<&PolicyState>,
+    key: &TargetKey,
+) -> anyhow::Result<()> {
+    let removal = policy
+        .map(|p| p.settings.auto_target_removal)
+        .unwrap_or(AutoTargetRemoval::No);
+    let remove = removal != AutoTargetRemoval::No;
+    if remove {
+        let _ = execute::<Policy>(
+            pool,
+            meta,
+            backup.policy_id,
+            PolicyCommand::RemoveTarget {
+                key: key.clone(),
+                vanished: true,
+            },
+        )
+        .await;
+    }
+    let command = if remove {
+        BackupCommand::RecordTargetVanished {
+            target: key.clone(),
+            removed_from_policy: true,
+        }
+    } else {
+        BackupCommand::RecordTargetFailed {
+            target: key.clone(),
+            error: "the resource no longer exists".into(),
+        }
+    };
+    ignore_finished(execute::<Backup>(pool, meta, backup.id, command).await)
 }
 
 async fn record_failure(
     pool: &PgPool,
     meta: &safehold_domain::CommandMetadata,
     backup: &BackupState,
-    key: &safehold_domain::policy::TargetKey,
+    key: &TargetKey,
     error: &str,
 ) -> anyhow::Result<()> {
     ignore_finished(
@@ -540,7 +654,7 @@ async fn finish(
         }
         // A cleanup failure must not keep the policy from its next backup:
         // what it left is picked up by the next cleanup.
-        if let Err(e) = apply_retention(ctx, meta, policy, backup).await {
+        if let Err(e) = crate::retention::apply_retention(ctx, meta, policy, backup).await {
             tracing::warn!(policy = %policy.id, error = %e, "retention did not complete");
         }
     }
@@ -590,103 +704,6 @@ async fn schedule_retry(
     )
     .await?;
     Ok(())
-}
-
-/// Deletes the AWS objects of the policy's backups beyond its generations.
-/// `just_finished` is the backup that triggered it: its outcome may not have
-/// reached the read model yet.
-pub async fn apply_retention(
-    ctx: &BackupContext,
-    meta: &safehold_domain::CommandMetadata,
-    policy: &PolicyState,
-    just_finished: &BackupState,
-) -> anyhow::Result<()> {
-    let pool = &ctx.cloud.pool;
-    let rows: Vec<(Uuid, chrono::DateTime<Utc>, String, bool, bool)> = sqlx::query_as(
-        "SELECT backup_id, started_at, status, frozen, deleted_at IS NOT NULL
-           FROM backups WHERE tenant_id = $1 AND policy_id = $2",
-    )
-    .bind(policy.tenant_id.0)
-    .bind(policy.id)
-    .fetch_all(pool)
-    .await?;
-    let candidates: Vec<RetentionCandidate> = rows
-        .into_iter()
-        .map(
-            |(id, started_at, status, frozen, deleted)| RetentionCandidate {
-                id,
-                started_at,
-                status: if id == just_finished.id {
-                    just_finished.status
-                } else {
-                    match status.as_str() {
-                        "successful" => BackupStatus::Successful,
-                        "partially_successful" => BackupStatus::PartiallySuccessful,
-                        "failed" => BackupStatus::Failed,
-                        _ => BackupStatus::InProgress,
-                    }
-                },
-                frozen,
-                deleted,
-            },
-        )
-        .collect();
-    for id in expired(&candidates, policy.settings.generations) {
-        delete_backup(ctx, meta, policy.tenant_id.0, id).await?;
-    }
-    Ok(())
-}
-
-/// Deletes a backup's AWS objects (or tags them where deletion is not
-/// allowed) and records it. Frozen backups are deleted only on request.
-pub async fn delete_backup(
-    ctx: &BackupContext,
-    meta: &safehold_domain::CommandMetadata,
-    tenant: Uuid,
-    backup_id: Uuid,
-) -> anyhow::Result<()> {
-    let pool = &ctx.cloud.pool;
-    let Some(backup) = load::<Backup>(pool, tenant, backup_id).await?.state else {
-        return Ok(());
-    };
-    if backup.deleted {
-        return Ok(());
-    }
-    let account =
-        safehold_projections::accounts::find(pool, TenantId(tenant), backup.account_id).await?;
-    let mut marked_only = false;
-    if let Some(account) = account {
-        marked_only = account.kind == "vault" && !account.allow_delete;
-        for snapshot in backup.snapshots() {
-            let Some(artifact) = artifact_of(snapshot) else {
-                continue;
-            };
-            let config = ctx
-                .cloud
-                .config(TenantId(tenant), &account, &snapshot.region)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if marked_only && artifact.kind == ArtifactKind::DynamodbBackup {
-                // On-demand DynamoDB backups cannot carry tags.
-                tracing::warn!(backup = %backup_id, id = %snapshot.id, "cannot mark a DynamoDB backup as expired");
-                continue;
-            }
-            let outcome = if marked_only {
-                aws::mark_expired(&config, &artifact, Utc::now()).await
-            } else {
-                aws::delete(&config, &artifact).await
-            };
-            outcome.map_err(|e| anyhow::anyhow!("deleting {}: {e}", snapshot.id))?;
-        }
-    }
-    execute::<Backup>(
-        pool,
-        meta,
-        backup_id,
-        BackupCommand::RecordDeleted { marked_only },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Queue of delayed retries of failed backups.

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod commands;
 pub mod discovery;
+pub mod retention;
 pub mod scheduler;
 
 use std::time::Duration;
