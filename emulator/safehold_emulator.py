@@ -19,9 +19,10 @@ Control endpoints (not AWS; JSON in, JSON out):
 
 * ``POST /_safehold/faults`` adds a fault rule, ``GET`` lists the rules with
   how often each fired, ``DELETE`` removes them all.
-* ``GET /_safehold/calls`` answers ``{"calls": {action: count}}``, every
-  request that reached the emulator per API action (faulted ones and
-  retries included); ``DELETE`` resets the counts.
+* ``GET /_safehold/calls`` answers ``{"calls": {action: count},
+  "by_access_key": {access key id: {action: count}}}``, every request that
+  reached the emulator per API action (faulted ones and retries included),
+  also split by the access key that signed it; ``DELETE`` resets the counts.
 * ``GET /_safehold/config`` shows and ``POST /_safehold/config`` changes the
   runtime settings ``{"pending_polls": N, "rejected_access_keys": [...],
   "root_access_keys": [...]}``. A POST sets the fields it names and keeps
@@ -310,6 +311,7 @@ class FaultInjector:
         self.rules = []
         self.next_rule_id = 1
         self.calls = {}
+        self.calls_by_key = {}
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
@@ -325,6 +327,9 @@ class FaultInjector:
         if action is not None:
             with self.lock:
                 self.calls[action] = self.calls.get(action, 0) + 1
+                key, _ = _signing_credential(environ)
+                per_key = self.calls_by_key.setdefault(key or "unsigned", {})
+                per_key[action] = per_key.get(action, 0) + 1
         rejection = rejected_access_key_error(environ, target, self.settings)
         if rejection is not None:
             status, headers, body = rejection
@@ -421,9 +426,13 @@ class FaultInjector:
         with self.lock:
             if method == "DELETE":
                 self.calls.clear()
+                self.calls_by_key.clear()
             elif method != "GET":
                 return _json_response(start_response, "405 Method Not Allowed", {"error": "use GET or DELETE"})
-            return _json_response(start_response, "200 OK", {"calls": dict(self.calls)})
+            return _json_response(start_response, "200 OK", {
+                "calls": dict(self.calls),
+                "by_access_key": {k: dict(v) for k, v in self.calls_by_key.items()},
+            })
 
     def config_endpoint(self, environ, start_response):
         method = environ["REQUEST_METHOD"]

@@ -222,7 +222,7 @@ class FaultInjectionTest(EmulatorTestCase):
 
 class CallCountsTest(EmulatorTestCase):
     def test_every_request_is_counted_per_action_faulted_ones_included(self):
-        self.assertEqual(self.emulator.control("DELETE", "/_safehold/calls"), (200, {"calls": {}}))
+        self.emulator.control("DELETE", "/_safehold/calls")
         volume = self.ec2.create_volume(Size=8, AvailabilityZone="us-east-1a")["VolumeId"]
         self.emulator.control("POST", "/_safehold/faults",
                               {"action": "DescribeVolumes", "kind": "throttle", "count": 1})
@@ -236,8 +236,23 @@ class CallCountsTest(EmulatorTestCase):
         self.assertEqual(status, 200)
         # The throttled request counts like the one that went through.
         self.assertEqual(body["calls"], {"CreateVolume": 1, "DescribeVolumes": 2})
-        self.assertEqual(self.emulator.control("DELETE", "/_safehold/calls"), (200, {"calls": {}}))
-        self.assertEqual(self.emulator.control("GET", "/_safehold/calls"), (200, {"calls": {}}))
+        self.assertEqual(body["by_access_key"], {"testing": {"CreateVolume": 1, "DescribeVolumes": 2}})
+        empty = {"calls": {}, "by_access_key": {}}
+        self.assertEqual(self.emulator.control("DELETE", "/_safehold/calls"), (200, empty))
+        self.assertEqual(self.emulator.control("GET", "/_safehold/calls"), (200, empty))
+
+    def test_calls_are_split_by_the_signing_access_key(self):
+        self.emulator.control("DELETE", "/_safehold/calls")
+        other = self.emulator.client(
+            "ec2", credentials={"AccessKeyId": "AKIAOTHERACCOUNT0001", "SecretAccessKey": "x"})
+        self.ec2.describe_volumes()
+        other.describe_volumes()
+        other.describe_snapshots(OwnerIds=["self"])
+        _, body = self.emulator.control("GET", "/_safehold/calls")
+        self.assertEqual(body["by_access_key"], {
+            "testing": {"DescribeVolumes": 1},
+            "AKIAOTHERACCOUNT0001": {"DescribeVolumes": 1, "DescribeSnapshots": 1},
+        })
 
 
 class PendingSnapshotsTest(EmulatorTestCase):

@@ -118,9 +118,15 @@ async fn background(cloud: safehold_cloud::resolve::Cloud, stop: watch::Receiver
         cloud: cloud.clone(),
         settings: safehold_jobs::backup::BackupSettings::from_env(),
     };
+    let dr = safehold_jobs::dr::DrContext {
+        cloud: cloud.clone(),
+        settings: safehold_jobs::dr::DrWorkerSettings::from_env(),
+    };
     tokio::join!(
         projector.run(stop.clone()),
+        safehold_jobs::dr::run_workers(dr, stop.clone()),
         safehold_jobs::scheduler::run(cloud.pool.clone(), stop.clone()),
+        safehold_jobs::cleanup::run(backups.clone(), stop.clone()),
         safehold_jobs::backup::run_workers(backups, stop.clone()),
         safehold_jobs::housekeeping(cloud, stop)
     );

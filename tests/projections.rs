@@ -324,6 +324,23 @@ async fn rebuilding_every_projection_gives_identical_tables() {
         BackupCommand::RecordSnapshotStates {
             states: vec![("snap-0123456789abcdef0".into(), SnapshotState::Completed)],
         },
+        BackupCommand::DecideDr {
+            settings: safehold_domain::policy::DrSettings {
+                enabled: true,
+                regions: vec!["eu-west-1".into()],
+                ..Default::default()
+            },
+            successful_before: 0,
+            now: chrono::Utc::now(),
+        },
+        BackupCommand::RecordDrCopy(safehold_domain::backup::DrCopy {
+            original_id: "snap-0123456789abcdef0".into(),
+            kind: "ebs_snapshot".into(),
+            source_region: "us-east-1".into(),
+            region: "eu-west-1".into(),
+            account_id: policy.account_id,
+            copy_id: "snap-0fedcba9876543210".into(),
+        }),
         BackupCommand::Freeze(FreezerEntry {
             name: "keep".into(),
             description: "kept for the audit".into(),

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aws_config::SdkConfig;
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -36,6 +37,8 @@ const MAX_SNAPSHOT_IDENTIFIER: usize = 63;
 const MAX_DYNAMODB_BACKUP_NAME: usize = 255;
 /// Bounds the number of filter values in one request.
 const FILTER_BATCH: usize = 100;
+/// Batched describe calls in flight at once.
+const DESCRIBE_CONCURRENCY: usize = 4;
 /// What AWS writes as the description of a snapshot CreateImage makes.
 const CREATE_IMAGE_DESCRIPTION: &str = "Created by CreateImage(";
 
@@ -632,17 +635,27 @@ pub async fn describe_live_instances(
     ids: &[String],
 ) -> Result<HashMap<String, aws_sdk_ec2::types::Instance>, CloudError> {
     let client = aws_sdk_ec2::Client::new(config);
-    let mut live = HashMap::new();
+    let mut describing = Vec::new();
     for batch in ids.chunks(FILTER_BATCH) {
-        let pages = client
+        let request = client
             .describe_instances()
-            .filters(ec2_filter("instance-id", batch))
-            .into_paginator()
-            .send()
-            .try_collect()
-            .await
-            .map_err(CloudError::from_sdk)?;
-        for instance in pages
+            .filters(ec2_filter("instance-id", batch));
+        describing.push(async move {
+            request
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(CloudError::from_sdk)
+        });
+    }
+    let pages: Vec<Result<Vec<_>, CloudError>> = futures::stream::iter(describing)
+        .buffer_unordered(DESCRIBE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut live = HashMap::new();
+    for page in pages {
+        for instance in page?
             .iter()
             .flat_map(|p| p.reservations())
             .flat_map(|r| r.instances())

@@ -3,6 +3,7 @@
 //! cross-account sharing, AMI block-device mappings). Used by tests and
 //! `safehold demo`; never in production.
 
+use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -90,10 +91,20 @@ impl Emulator {
 
     /// Requests per AWS API action since the last [`Emulator::reset_calls`]
     /// (faulted ones included).
-    pub async fn calls(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    pub async fn calls(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let body = self.control("GET", "/_safehold/calls", "").await?;
         let parsed: serde_json::Value = serde_json::from_str(&body)?;
         Ok(serde_json::from_value(parsed["calls"].clone())?)
+    }
+
+    /// Requests per signing access key and AWS API action since the last
+    /// [`Emulator::reset_calls`]: which credentials did what.
+    pub async fn calls_by_access_key(
+        &self,
+    ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, u64>>> {
+        let body = self.control("GET", "/_safehold/calls", "").await?;
+        let parsed: serde_json::Value = serde_json::from_str(&body)?;
+        Ok(serde_json::from_value(parsed["by_access_key"].clone())?)
     }
 
     /// Sets every per-action request count to zero.

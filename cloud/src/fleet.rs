@@ -116,7 +116,8 @@ pub async fn launch(
 }
 
 /// The time AWS itself needs for one CreateSnapshots per instance, issued
-/// `concurrency` at a time: the floor any backup of these instances stands on.
+/// `concurrency` at a time, each with a description and four tags as a
+/// backup's carry: the floor any backup of these instances stands on.
 pub async fn create_snapshots_floor(
     target: &Target,
     instance_ids: &[String],
@@ -134,7 +135,8 @@ pub async fn create_snapshots_floor(
                         .instance_id(id)
                         .build(),
                 )
-                .description("floor measurement")
+                .description(format!("Floor measurement of ec2_instance:{id}"))
+                .tag_specifications(floor_tags(id))
                 .send()
                 .await
         }
@@ -147,4 +149,21 @@ pub async fn create_snapshots_floor(
         result?;
     }
     Ok(elapsed)
+}
+
+/// Four tags the size of a backup's own.
+fn floor_tags(instance_id: &str) -> aws_sdk_ec2::types::TagSpecification {
+    let tag = |key: &str, value: String| {
+        aws_sdk_ec2::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+    };
+    aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
+        .tags(tag("floor:tenant", uuid::Uuid::new_v4().to_string()))
+        .tags(tag("floor:backup", uuid::Uuid::new_v4().to_string()))
+        .tags(tag("floor:policy", uuid::Uuid::new_v4().to_string()))
+        .tags(tag("floor:target", format!("ec2_instance:{instance_id}")))
+        .build()
 }

@@ -5,6 +5,7 @@ pub use aws_config::SdkConfig;
 
 pub mod access;
 pub mod backup;
+pub mod dr;
 pub mod emulator;
 pub mod fleet;
 pub mod inventory;

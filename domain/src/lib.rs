@@ -4,6 +4,7 @@
 pub mod access;
 pub mod account;
 pub mod backup;
+pub mod cleanup;
 pub mod error;
 pub mod ids;
 pub mod metadata;

@@ -207,6 +207,106 @@ impl PolicySettings {
     }
 }
 
+/// Disaster recovery: copies of a policy's successful backups into other
+/// regions and, optionally, into a vault account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrSettings {
+    pub enabled: bool,
+    /// Copies every N-th successful backup (1: every one); the others are
+    /// marked as skipped.
+    pub every: u32,
+    /// Regions the copies go to. A snapshot already in one of them is not
+    /// copied again there within its own account.
+    pub regions: Vec<String>,
+    /// Copies not completed after this many hours fail.
+    pub timeout_hours: u32,
+    /// A registered vault account that receives the copies; none: the
+    /// policy's own account.
+    pub vault_account_id: Option<Uuid>,
+    /// Keep the original snapshots once every copy completed (default true).
+    pub keep_originals: bool,
+}
+
+/// At most this many DR target regions per policy.
+pub const MAX_DR_REGIONS: usize = 10;
+
+impl Default for DrSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            every: 1,
+            regions: vec![],
+            timeout_hours: 24,
+            vault_account_id: None,
+            keep_originals: true,
+        }
+    }
+}
+
+impl DrSettings {
+    /// Checks the settings' own shape; field names are those of the API
+    /// (`dr.` + field). The vault account's existence and type are checked
+    /// by the caller against the registered accounts.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        if !(1..=1000).contains(&self.every) {
+            errors.push(FieldError::new(
+                "dr.every",
+                "invalid_value",
+                "copy every 1-1000 backups",
+            ));
+        }
+        if !(1..=720).contains(&self.timeout_hours) {
+            errors.push(FieldError::new(
+                "dr.timeout_hours",
+                "invalid_value",
+                "1-720 hours",
+            ));
+        }
+        if self.regions.len() > MAX_DR_REGIONS {
+            errors.push(FieldError::new(
+                "dr.regions",
+                "invalid_value",
+                format!("at most {MAX_DR_REGIONS} regions"),
+            ));
+        }
+        if let Some(bad) = self
+            .regions
+            .iter()
+            .find(|r| !crate::account::valid_region(r))
+        {
+            errors.push(FieldError::new(
+                "dr.regions",
+                "invalid_value",
+                format!("{bad} is not a region name"),
+            ));
+        }
+        let distinct: BTreeSet<&String> = self.regions.iter().collect();
+        if distinct.len() != self.regions.len() {
+            errors.push(FieldError::new(
+                "dr.regions",
+                "duplicate",
+                "each region at most once",
+            ));
+        }
+        if self.enabled && self.regions.is_empty() {
+            errors.push(FieldError::new(
+                "dr.regions",
+                "required",
+                "disaster recovery needs at least one target region",
+            ));
+        }
+        errors
+    }
+
+    /// Whether the backup after `successful_before` successful backups of
+    /// the policy is copied: the first, then every N-th.
+    pub fn copies_backup(&self, successful_before: u64) -> bool {
+        self.enabled && successful_before.is_multiple_of(u64::from(self.every.max(1)))
+    }
+}
+
 /// Why a backup starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -255,6 +355,12 @@ pub struct PolicyState {
     #[serde(default)]
     pub consecutive_failures: u32,
     pub removed: bool,
+    /// Disaster-recovery settings.
+    #[serde(default)]
+    pub dr: DrSettings,
+    /// Successful backups so far (decides which ones DR copies).
+    #[serde(default)]
+    pub successful_backups: u64,
 }
 
 impl PolicyState {
@@ -289,6 +395,8 @@ pub enum PolicyCommand {
     },
     AttachSchedule(Uuid),
     DetachSchedule(Uuid),
+    /// Replaces the disaster-recovery settings.
+    SetDr(DrSettings),
     StartBackup {
         backup_id: Uuid,
         trigger: Trigger,
@@ -356,6 +464,7 @@ pub enum PolicyEvent {
         consecutive_failures: u32,
     },
     PolicyRemoved,
+    DrSettingsChanged(DrSettings),
 }
 
 impl DomainEvent for PolicyEvent {
@@ -374,6 +483,7 @@ impl DomainEvent for PolicyEvent {
             PolicyEvent::BackupFinished { .. } => "BackupFinished",
             PolicyEvent::FailureAlertRaised { .. } => "FailureAlertRaised",
             PolicyEvent::PolicyRemoved => "PolicyRemoved",
+            PolicyEvent::DrSettingsChanged(_) => "DrSettingsChanged",
         }
         .into()
     }
@@ -446,6 +556,19 @@ impl PolicyEvent {
                 ..
             } => format!("Alert: the last {consecutive_failures} backups of policy {name} failed"),
             PolicyEvent::PolicyRemoved => format!("Deleted policy {name}"),
+            PolicyEvent::DrSettingsChanged(dr) if !dr.enabled => {
+                format!("Disabled disaster recovery of policy {name}")
+            }
+            PolicyEvent::DrSettingsChanged(dr) => format!(
+                "Set disaster recovery of policy {name}: every {} backups to {}{}, timeout {} h, {} originals",
+                dr.every,
+                dr.regions.join(", "),
+                dr.vault_account_id
+                    .map(|a| format!(" in vault account {a}"))
+                    .unwrap_or_default(),
+                dr.timeout_hours,
+                if dr.keep_originals { "keeping" } else { "deleting" }
+            ),
         }
     }
 }
@@ -700,6 +823,15 @@ impl Aggregate for Policy {
                 }
                 vec![PolicyEvent::ScheduleDetached { schedule_id }]
             }
+            PolicyCommand::SetDr(dr) => {
+                let state = self.live()?;
+                invalid(dr.validate())?;
+                if state.dr == dr {
+                    vec![]
+                } else {
+                    vec![PolicyEvent::DrSettingsChanged(dr)]
+                }
+            }
             PolicyCommand::StartBackup { backup_id, trigger } => {
                 let state = self.live()?;
                 start_backup(state, backup_id, trigger)?
@@ -767,6 +899,8 @@ impl Aggregate for Policy {
                 last_occurrence: None,
                 consecutive_failures: 0,
                 removed: false,
+                dr: DrSettings::default(),
+                successful_backups: 0,
             });
             return;
         }
@@ -805,6 +939,9 @@ impl Aggregate for Policy {
             }
             PolicyEvent::BackupFinished { succeeded, .. } => {
                 state.running = None;
+                if succeeded {
+                    state.successful_backups += 1;
+                }
                 state.consecutive_failures = if succeeded {
                     0
                 } else {
@@ -813,6 +950,7 @@ impl Aggregate for Policy {
             }
             PolicyEvent::FailureAlertRaised { .. } => {}
             PolicyEvent::PolicyRemoved => state.removed = true,
+            PolicyEvent::DrSettingsChanged(dr) => state.dr = dr,
         }
     }
 }
@@ -1124,6 +1262,52 @@ mod tests {
         let errors = usage.exceeded(&limits);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].field, "max_rds_gib");
+    }
+
+    fn dr(regions: &[&str]) -> DrSettings {
+        DrSettings {
+            enabled: true,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            ..DrSettings::default()
+        }
+    }
+
+    #[test]
+    fn dr_settings_are_validated_and_recorded() {
+        Test::with(())
+            .given(vec![created(true)])
+            .when(PolicyCommand::SetDr(dr(&["eu-west-1"])))
+            .then_expect_events(vec![PolicyEvent::DrSettingsChanged(dr(&["eu-west-1"]))]);
+        Test::with(())
+            .given(vec![
+                created(true),
+                PolicyEvent::DrSettingsChanged(dr(&["eu-west-1"])),
+            ])
+            .when(PolicyCommand::SetDr(dr(&["eu-west-1"])))
+            .then_expect_events(vec![]);
+        let bad = DrSettings {
+            every: 0,
+            timeout_hours: 0,
+            ..dr(&["eu-west-1", "eu-west-1", "mars"])
+        };
+        let fields: Vec<_> = bad.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            vec!["dr.every", "dr.timeout_hours", "dr.regions", "dr.regions"]
+        );
+        assert_eq!(dr(&[]).validate()[0].code, "required");
+        assert!(DrSettings::default().validate().is_empty());
+    }
+
+    #[test]
+    fn dr_copies_the_first_backup_then_every_nth() {
+        let every_third = DrSettings {
+            every: 3,
+            ..dr(&["eu-west-1"])
+        };
+        let copied: Vec<u64> = (0..7).filter(|n| every_third.copies_backup(*n)).collect();
+        assert_eq!(copied, vec![0, 3, 6]);
+        assert!(!DrSettings::default().copies_backup(0));
     }
 
     #[test]

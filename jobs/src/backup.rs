@@ -318,14 +318,12 @@ async fn needs_initial_ami(
     account: &AccountRow,
     instance: &str,
 ) -> anyhow::Result<bool> {
-    let rotation_days: i32 =
-        sqlx::query_scalar("SELECT initial_ami_rotation_days FROM tenants WHERE tenant_id = $1")
-            .bind(backup.tenant_id.0)
-            .fetch_optional(&ctx.cloud.pool)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(90);
+    let rotation_days = crate::cleanup::tenant_settings(&ctx.cloud.pool, Some(backup.tenant_id.0))
+        .await?
+        .into_iter()
+        .next()
+        .map(|(_, settings)| settings.initial_ami_rotation_days)
+        .unwrap_or(90);
     let newest: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
         "SELECT max(s.created_at) FROM backup_snapshots s
           WHERE s.tenant_id = $1 AND s.account_id = $2 AND s.kind = 'ami' AND s.source = $3
@@ -441,11 +439,10 @@ async fn take_instance_snapshots(
     }
     let pool = &ctx.cloud.pool;
     let ids: Vec<String> = targets.iter().map(|t| t.key.resource_id.clone()).collect();
-    let looked_up = async {
-        let live = aws::describe_live_instances(config, &ids).await?;
-        let made = aws::backup_snapshots(config, backup.id).await?;
-        Ok::<_, safehold_cloud::access::CloudError>((live, made))
-    };
+    let looked_up = futures::future::try_join(
+        aws::describe_live_instances(config, &ids),
+        aws::backup_snapshots(config, backup.id),
+    );
     let (live, mut made) = match looked_up.await {
         Ok(found) => found,
         Err(e) if e.is_transient() => {
@@ -652,6 +649,9 @@ async fn finish(
         if !succeeded {
             schedule_retry(pool, backup, policy).await?;
         }
+        // Decided before the policy learns the outcome, so a repeated finish
+        // decides disaster recovery once.
+        crate::dr::after_backup(&ctx.cloud, meta, backup, policy).await?;
         // A cleanup failure must not keep the policy from its next backup:
         // what it left is picked up by the next cleanup.
         if let Err(e) = crate::retention::apply_retention(ctx, meta, policy, backup).await {

@@ -1,9 +1,11 @@
-//! Background work: the scheduler, periodic housekeeping and resource
-//! discovery.
+//! Background work: the scheduler, periodic housekeeping, the daily
+//! cleanup and resource discovery.
 
 pub mod backup;
+pub mod cleanup;
 pub mod commands;
 pub mod discovery;
+pub mod dr;
 pub mod retention;
 pub mod scheduler;
 

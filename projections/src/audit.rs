@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use safehold_domain::account::{Account, AccountEvent};
+use safehold_domain::backup::{Backup, BackupEvent};
 use safehold_domain::policy::{Policy, PolicyEvent};
 use safehold_domain::schedule::{Schedule, ScheduleEvent};
 use safehold_domain::tenant::{Tenant, TenantEvent};
@@ -109,6 +110,8 @@ impl Projection for AuditProjection {
             decoded.describe(&name)
         } else if event.aggregate_type == Tenant::TYPE {
             event.decode::<TenantEvent>()?.describe()
+        } else if event.aggregate_type == Backup::TYPE {
+            event.decode::<BackupEvent>()?.describe()
         } else {
             format!("{} on {}", event.event_type, event.aggregate_type)
         };

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use safehold_domain::backup::{Backup, BackupEvent, BackupStatus};
+use safehold_domain::backup::{Backup, BackupEvent, BackupStatus, DrStatus};
 use safehold_domain::policy::{Policy, PolicyEvent, Trigger};
 use safehold_domain::TenantId;
 use sqlx::{PgConnection, PgPool};
@@ -31,6 +31,7 @@ impl Projection for BackupsProjection {
             "backup_snapshots",
             "backup_log",
             "backup_policy_owners",
+            "backup_dr_copies",
         ]
     }
 
@@ -110,7 +111,12 @@ fn level(event: &BackupEvent) -> &'static str {
         BackupEvent::TargetVanished { .. }
         | BackupEvent::BackupCompleted {
             status: BackupStatus::PartiallySuccessful,
-        } => "warning",
+        }
+        | BackupEvent::DrSnapshotNotCopied { .. } => "warning",
+        BackupEvent::DrCopyFailed { .. }
+        | BackupEvent::DrFinished {
+            status: DrStatus::Failed,
+        } => "error",
         BackupEvent::TargetFailed { .. }
         | BackupEvent::SnapshotFailed { .. }
         | BackupEvent::BackupCompleted {
@@ -139,6 +145,21 @@ async fn set_snapshot_state(
     .bind(at)
     .execute(tx)
     .await?;
+    Ok(())
+}
+
+async fn set_dr_status(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    backup: Uuid,
+    status: DrStatus,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE backups SET dr_status = $3 WHERE tenant_id = $1 AND backup_id = $2")
+        .bind(tenant)
+        .bind(backup)
+        .bind(status.as_str())
+        .execute(tx)
+        .await?;
     Ok(())
 }
 
@@ -271,7 +292,11 @@ async fn apply_backup(
             .execute(&mut *tx)
             .await?;
         }
-        BackupEvent::BackupDeleted { marked_only } => {
+        BackupEvent::BackupDeleted {
+            marked_only,
+            at: deleted_at,
+        } => {
+            let at = deleted_at.unwrap_or(at);
             sqlx::query(
                 "UPDATE backups SET deleted_at = $3, deletion_marked_only = $4
                   WHERE tenant_id = $1 AND backup_id = $2",
@@ -282,8 +307,135 @@ async fn apply_backup(
             .bind(marked_only)
             .execute(&mut *tx)
             .await?;
+            // Kept initial AMIs stay until a newer one replaces them.
             sqlx::query(
                 "UPDATE backup_snapshots SET deleted_at = $3
+                  WHERE tenant_id = $1 AND backup_id = $2 AND deleted_at IS NULL AND NOT kept",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        BackupEvent::InitialAmiKept { id: ami } => {
+            sqlx::query(
+                "UPDATE backup_snapshots SET kept = true
+                  WHERE tenant_id = $1 AND backup_id = $2 AND snapshot_id = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(ami)
+            .execute(&mut *tx)
+            .await?;
+        }
+        BackupEvent::InitialAmiDeleted { id: ami, at, .. } => {
+            sqlx::query(
+                "UPDATE backup_snapshots SET kept = false, deleted_at = $4
+                  WHERE tenant_id = $1 AND backup_id = $2 AND snapshot_id = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(ami)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        BackupEvent::RecordPurged { .. } => {
+            // The record goes from every read model of backups; the audit
+            // log keeps its own entries.
+            for table in [
+                "backup_snapshots",
+                "backup_log",
+                "backup_dr_copies",
+                "backups",
+            ] {
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE tenant_id = $1 AND backup_id = $2"
+                ))
+                .bind(tenant)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        BackupEvent::DrSkipped { .. }
+        | BackupEvent::DrPlanned { .. }
+        | BackupEvent::DrFinished { .. } => {
+            let status = match &event {
+                BackupEvent::DrSkipped { .. } => DrStatus::Skipped,
+                BackupEvent::DrFinished { status } => *status,
+                _ => DrStatus::Pending,
+            };
+            set_dr_status(tx, tenant, id, status).await?;
+        }
+        BackupEvent::DrSnapshotNotCopied { .. } => {}
+        BackupEvent::DrCopyStarted(copy) => {
+            sqlx::query(
+                "INSERT INTO backup_dr_copies (tenant_id, backup_id, original_id, region, account_id,
+                        copy_id, kind, source_region, state, created_at)
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'pending',$9) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(&copy.original_id)
+            .bind(&copy.region)
+            .bind(copy.account_id)
+            .bind(&copy.copy_id)
+            .bind(&copy.kind)
+            .bind(&copy.source_region)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            set_dr_status(tx, tenant, id, DrStatus::InProgress).await?;
+        }
+        BackupEvent::DrCopyCompleted { copy_id, region } => {
+            sqlx::query(
+                "UPDATE backup_dr_copies SET state = 'completed', completed_at = $5
+                  WHERE tenant_id = $1 AND backup_id = $2 AND copy_id = $3 AND region = $4",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(copy_id)
+            .bind(region)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        BackupEvent::DrCopyFailed {
+            original_id,
+            region,
+            ..
+        } => {
+            sqlx::query(
+                "UPDATE backup_dr_copies SET state = 'failed', completed_at = $5
+                  WHERE tenant_id = $1 AND backup_id = $2 AND original_id = $3 AND region = $4",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(original_id)
+            .bind(region)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            set_dr_status(tx, tenant, id, DrStatus::InProgress).await?;
+        }
+        BackupEvent::DrOriginalsDeleted { ids } => {
+            sqlx::query(
+                "UPDATE backup_snapshots SET deleted_at = $4
+                  WHERE tenant_id = $1 AND backup_id = $2 AND snapshot_id = ANY($3)
+                    AND deleted_at IS NULL",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(&ids)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        BackupEvent::DrCopiesDeleted { .. } => {
+            sqlx::query(
+                "UPDATE backup_dr_copies SET deleted_at = $3
                   WHERE tenant_id = $1 AND backup_id = $2 AND deleted_at IS NULL",
             )
             .bind(tenant)
@@ -514,6 +666,38 @@ pub async fn log_of(pool: &PgPool, tenant: TenantId, backup: Uuid) -> sqlx::Resu
     sqlx::query_as(
         "SELECT position, occurred_at, level, message FROM backup_log
           WHERE tenant_id = $1 AND backup_id = $2 ORDER BY position",
+    )
+    .bind(tenant.0)
+    .bind(backup)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DrCopyRow {
+    pub original_id: String,
+    pub kind: String,
+    pub source_region: String,
+    pub region: String,
+    pub account_id: Uuid,
+    pub copy_id: String,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// The disaster-recovery copies of a backup.
+pub async fn dr_copies_of(
+    pool: &PgPool,
+    tenant: TenantId,
+    backup: Uuid,
+) -> sqlx::Result<Vec<DrCopyRow>> {
+    sqlx::query_as(
+        "SELECT original_id, kind, source_region, region, account_id, copy_id, state, created_at,
+                completed_at, deleted_at
+           FROM backup_dr_copies WHERE tenant_id = $1 AND backup_id = $2
+          ORDER BY created_at, original_id, region",
     )
     .bind(tenant.0)
     .bind(backup)

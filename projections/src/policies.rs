@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use safehold_domain::policy::{
-    AutoTargetRemoval, Policy, PolicyEvent, PolicySettings, SuccessCriterion, Target,
+    AutoTargetRemoval, DrSettings, Policy, PolicyEvent, PolicySettings, SuccessCriterion, Target,
 };
 use safehold_domain::schedule::{Schedule, ScheduleEvent};
 use safehold_domain::TenantId;
@@ -296,6 +296,25 @@ async fn apply_policy(
             .await?;
         }
         PolicyEvent::OccurrenceSkipped { .. } | PolicyEvent::FailureAlertRaised { .. } => {}
+        PolicyEvent::DrSettingsChanged(dr) => {
+            sqlx::query(
+                "UPDATE policies SET dr_enabled = $3, dr_every = $4, dr_regions = $5,
+                        dr_timeout_hours = $6, dr_vault_account_id = $7, dr_keep_originals = $8,
+                        updated_at = $9
+                  WHERE tenant_id = $1 AND policy_id = $2",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(dr.enabled)
+            .bind(dr.every as i32)
+            .bind(&dr.regions)
+            .bind(dr.timeout_hours as i32)
+            .bind(dr.vault_account_id)
+            .bind(dr.keep_originals)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
         PolicyEvent::PolicyRemoved => {
             for table in ["policy_targets", "policy_schedules", "policies"] {
                 sqlx::query(&format!(
@@ -382,9 +401,26 @@ pub struct PolicyRow {
     pub last_backup_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub dr_enabled: bool,
+    pub dr_every: i32,
+    pub dr_regions: Vec<String>,
+    pub dr_timeout_hours: i32,
+    pub dr_vault_account_id: Option<Uuid>,
+    pub dr_keep_originals: bool,
 }
 
 impl PolicyRow {
+    pub fn dr(&self) -> DrSettings {
+        DrSettings {
+            enabled: self.dr_enabled,
+            every: self.dr_every.max(1) as u32,
+            regions: self.dr_regions.clone(),
+            timeout_hours: self.dr_timeout_hours.max(1) as u32,
+            vault_account_id: self.dr_vault_account_id,
+            keep_originals: self.dr_keep_originals,
+        }
+    }
+
     pub fn settings(&self) -> PolicySettings {
         let parse = |s: &str| serde_json::Value::String(s.to_string());
         PolicySettings {
@@ -404,7 +440,8 @@ impl PolicyRow {
 const POLICY_COLUMNS: &str =
     "policy_id, owner_id, account_id, name, description, enabled, generations,
     auto_target_removal, success_criterion, retries, retry_wait_minutes, failures_before_alert,
-    from_tag_scan, running_backup_id, last_backup_at, created_at, updated_at";
+    from_tag_scan, running_backup_id, last_backup_at, created_at, updated_at,
+    dr_enabled, dr_every, dr_regions, dr_timeout_hours, dr_vault_account_id, dr_keep_originals";
 
 pub async fn find_policy(
     pool: &PgPool,

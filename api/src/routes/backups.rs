@@ -118,11 +118,32 @@ pub struct LogEntryView {
     pub message: String,
 }
 
+/// A disaster-recovery copy of one of the backup's snapshots.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DrCopyView {
+    /// The AWS id of the original.
+    pub original_id: String,
+    pub kind: String,
+    pub source_region: String,
+    /// Where the copy is.
+    pub region: String,
+    pub account_id: Uuid,
+    /// The AWS id of the copy.
+    pub copy_id: String,
+    /// `pending`, `completed` or `failed`.
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BackupDetailView {
     #[serde(flatten)]
     pub backup: BackupView,
     pub snapshots: Vec<SnapshotView>,
+    /// Disaster-recovery copies, with the original each was made from.
+    pub dr_copies: Vec<DrCopyView>,
     /// Oldest first.
     pub log: Vec<LogEntryView>,
 }
@@ -180,9 +201,26 @@ async fn detailed(state: &AppState, actor: &Actor, row: BackupRow) -> ApiResult<
             message: l.message,
         })
         .collect();
+    let dr_copies = read::dr_copies_of(&state.pool, actor.tenant_id, id)
+        .await?
+        .into_iter()
+        .map(|c| DrCopyView {
+            original_id: c.original_id,
+            kind: c.kind,
+            source_region: c.source_region,
+            region: c.region,
+            account_id: c.account_id,
+            copy_id: c.copy_id,
+            state: c.state,
+            created_at: c.created_at,
+            completed_at: c.completed_at,
+            deleted_at: c.deleted_at,
+        })
+        .collect();
     Ok(BackupDetailView {
         backup: row.into(),
         snapshots,
+        dr_copies,
         log,
     })
 }

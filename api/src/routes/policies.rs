@@ -4,7 +4,7 @@ use actix_web::{delete, get, patch, post, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use safehold_domain::access::{Action, Actor};
 use safehold_domain::policy::{
-    AutoTargetRemoval, InstanceMode, InstanceOptions, PolicyCommand, PolicySettings,
+    AutoTargetRemoval, DrSettings, InstanceMode, InstanceOptions, PolicyCommand, PolicySettings,
     ProtectedUsage, ResourceKind, SuccessCriterion, Target, TargetKey, Trigger, VolumeSelection,
 };
 use safehold_domain::UserId;
@@ -43,6 +43,72 @@ pub struct CreatePolicyRequest {
     /// Schedules that start the policy.
     #[serde(default)]
     pub schedule_ids: Vec<Uuid>,
+    /// Disaster recovery (default: off).
+    pub dr: Option<DrRequest>,
+}
+
+/// Disaster-recovery settings to change; omitted fields keep their value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrRequest {
+    pub enabled: Option<bool>,
+    /// Copy every N-th successful backup (default 1: each); the others are skipped.
+    pub every: Option<u32>,
+    /// Regions the copies go to (required when enabled).
+    pub regions: Option<Vec<String>>,
+    /// Copies not completed after this many hours fail (default 24).
+    pub timeout_hours: Option<u32>,
+    /// A vault account of the organisation that receives the copies; `null`:
+    /// the policy's own account.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Uuid>)]
+    pub vault_account_id: Option<Option<Uuid>>,
+    /// Keep the original snapshots once copied (default true).
+    pub keep_originals: Option<bool>,
+}
+
+/// Tells an explicit `null` (Some(None)) from an absent field (None).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The DR settings a request asks for over `current`: checked in full (the
+/// vault must be a vault account the caller sees) before anything changes.
+async fn requested_dr(
+    state: &AppState,
+    actor: &Actor,
+    current: DrSettings,
+    request: DrRequest,
+) -> ApiResult<DrSettings> {
+    let dr = DrSettings {
+        enabled: request.enabled.unwrap_or(current.enabled),
+        every: request.every.unwrap_or(current.every),
+        regions: request.regions.unwrap_or(current.regions),
+        timeout_hours: request.timeout_hours.unwrap_or(current.timeout_hours),
+        vault_account_id: request.vault_account_id.unwrap_or(current.vault_account_id),
+        keep_originals: request.keep_originals.unwrap_or(current.keep_originals),
+    };
+    let errors = dr.validate();
+    if !errors.is_empty() {
+        return Err(safehold_domain::DomainError::Invalid(errors).into());
+    }
+    if let Some(vault) = dr.vault_account_id {
+        let account = visible_account(state, actor, vault).await.map_err(|_| {
+            ApiError::invalid_field("dr.vault_account_id", "unknown_account", "no such account")
+        })?;
+        if account.kind != "vault" {
+            return Err(ApiError::invalid_field(
+                "dr.vault_account_id",
+                "not_a_vault",
+                "copies go to a vault account; this is a backup account",
+            ));
+        }
+    }
+    Ok(dr)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -57,6 +123,8 @@ pub struct UpdatePolicyRequest {
     pub retries: Option<u32>,
     pub retry_wait_minutes: Option<u32>,
     pub failures_before_alert: Option<u32>,
+    /// Disaster recovery; omitted fields keep their value.
+    pub dr: Option<DrRequest>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,6 +151,8 @@ pub struct PolicyView {
     pub settings: PolicySettings,
     /// Created by a tag scan rather than by a user.
     pub from_tag_scan: bool,
+    /// Disaster recovery.
+    pub dr: DrSettings,
     pub running_backup_id: Option<Uuid>,
     pub last_backup_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -98,6 +168,7 @@ impl PolicyView {
     fn summary(r: PolicyRow) -> Self {
         Self {
             settings: r.settings(),
+            dr: r.dr(),
             id: r.policy_id,
             owner_id: r.owner_id,
             account_id: r.account_id,
@@ -225,6 +296,10 @@ pub async fn create_policy(
     let owner = account.owner_id;
     check_name_free(&state, actor, owner, &body.name, None).await?;
     check_schedules(&state, actor, owner, &body.schedule_ids, "schedule_ids").await?;
+    let dr = match body.dr {
+        Some(request) => Some(requested_dr(&state, actor, DrSettings::default(), request).await?),
+        None => None,
+    };
     let defaults = PolicySettings::default();
     let settings = PolicySettings {
         description: body.description.unwrap_or_default(),
@@ -264,6 +339,12 @@ pub async fn create_policy(
         state
             .commands
             .policy(&meta, id, PolicyCommand::AttachSchedule(schedule))
+            .await?;
+    }
+    if let Some(dr) = dr {
+        state
+            .commands
+            .policy(&meta, id, PolicyCommand::SetDr(dr))
             .await?;
     }
     let row = visible_policy(&state, actor, id).await?;
@@ -331,7 +412,7 @@ pub async fn get_policy(
     Ok(HttpResponse::Ok().json(detailed(&state, &auth.actor, row).await?))
 }
 
-/// Changes a policy's name, settings, or enables/disables it. The account cannot change.
+/// Changes a policy's name, settings or disaster recovery, or enables/disables it. The account cannot change.
 #[utoipa::path(patch, path = "/v1/policies/{id}", tag = "policies", params(("id" = Uuid, Path)), request_body = UpdatePolicyRequest,
     responses((status = 200, body = PolicyView),
               (status = 404, body = crate::error::Problem, content_type = "application/problem+json"),
@@ -379,6 +460,10 @@ pub async fn update_policy(
     if !errors.is_empty() {
         return Err(safehold_domain::DomainError::Invalid(errors).into());
     }
+    let dr = match body.dr {
+        Some(request) => Some(requested_dr(&state, actor, row.dr(), request).await?),
+        None => None,
+    };
     state
         .commands
         .policy(
@@ -394,6 +479,12 @@ pub async fn update_policy(
         state
             .commands
             .policy(&meta, row.policy_id, PolicyCommand::SetEnabled(enabled))
+            .await?;
+    }
+    if let Some(dr) = dr {
+        state
+            .commands
+            .policy(&meta, row.policy_id, PolicyCommand::SetDr(dr))
             .await?;
     }
     let row = visible_policy(&state, actor, row.policy_id).await?;
