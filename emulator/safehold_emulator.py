@@ -104,12 +104,29 @@ h. ``patch_root_access_keys``: GetCallerIdentity called with an access key
    ids, as moto reads only those from a signature) are root keys of the
    account moto assigns them (123456789012 for unknown keys); every other
    call with them is unaffected.
+i. ``patch_shared_db_snapshots``: a manual RDS DB snapshot or Aurora DB
+   cluster snapshot whose ``restore`` attribute (ModifyDBSnapshotAttribute,
+   ModifyDBClusterSnapshotAttribute) lists account B can be copied and
+   restored by B. B's DescribeDBSnapshots / DescribeDBClusterSnapshots list
+   it with ``IncludeShared=true`` or ``SnapshotType=shared``; ``restore=all``
+   (public) ones with ``IncludePublic=true`` or ``SnapshotType=public``.
+   ``IncludeShared``/``IncludePublic`` do not apply to ``SnapshotType``
+   ``manual`` or ``automated``. Such a snapshot is identified by its ARN
+   (``DBSnapshotIdentifier``/``DBClusterSnapshotIdentifier`` in the answer
+   and in the request) and shows no tags (they are the owner's). B's
+   CopyDBSnapshot / CopyDBClusterSnapshot accept its ARN as the source, in
+   its region or from another one (the ARN names the source region), and
+   make a snapshot owned by B in B's region. Unshared, after B is removed
+   from the attribute, or not manual, it is ``DBSnapshotNotFound`` /
+   ``DBClusterSnapshotNotFoundFault`` for B, and never listed. Requests
+   without those parameters, and moto's own lookups, are unchanged.
 
-Known remaining difference: the grantee of a shared snapshot also sees the
-owner's tags on it (AWS shows tags to the owner only).
+Known remaining difference: the grantee of a shared EBS snapshot also sees
+the owner's tags on it (AWS shows tags to the owner only).
 """
 
 import argparse
+import inspect
 import io
 import json
 import logging
@@ -140,6 +157,10 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     MotoRequestHandler,
     create_backend_app,
 )
+from moto.rds.exceptions import DBClusterSnapshotNotFoundError, DBSnapshotNotFoundFault  # noqa: E402
+from moto.rds.models import DBClusterSnapshot, DBSnapshot, RDSBackend, rds_backends  # noqa: E402
+from moto.rds.responses import RDSResponse  # noqa: E402
+from moto.rds.utils import split_arn  # noqa: E402
 from moto.sts.models import STSBackend  # noqa: E402
 from moto.utilities.utils import get_partition  # noqa: E402
 
@@ -768,6 +789,128 @@ def patch_root_access_keys(settings):
     STSBackend.get_caller_identity = get_caller_identity
 
 
+# --------------------------------------------------------------------------
+# i. shared RDS and Aurora snapshots visible and copyable by the grantee
+# --------------------------------------------------------------------------
+
+
+class _SharedSnapshotView:
+    """A DB (cluster) snapshot as another account sees it: identified by its
+    ARN, without the owner's tags."""
+
+    def __init__(self, snapshot, identifier_attribute):
+        self._snapshot = snapshot
+        self._identifier_attribute = identifier_attribute
+
+    def __getattr__(self, name):
+        if name == self._identifier_attribute:
+            return self._snapshot.arn
+        if name in ("tags", "tag_list"):
+            return []
+        return getattr(self._snapshot, name)
+
+
+def patch_shared_db_snapshots():
+    """DescribeDBSnapshots / DescribeDBClusterSnapshots in account B also
+    cover other accounts' manual snapshots of the region whose ``restore``
+    attribute lists B (``IncludeShared``, ``SnapshotType=shared``) or ``all``
+    (``IncludePublic``, ``SnapshotType=public``), identified by their ARN;
+    CopyDBSnapshot / CopyDBClusterSnapshot in B accept such a snapshot's ARN,
+    from any region. Calls without those parameters keep moto's behaviour."""
+    kinds = {
+        DBSnapshot: ("db_snapshot_identifier", "db-snapshot-id", "db-instance-id"),
+        DBClusterSnapshot: ("db_cluster_snapshot_identifier", "db-cluster-snapshot-id", "db-cluster-id"),
+    }
+    original_get_snapshot = RDSBackend.get_snapshot
+    original_describe = {DBSnapshot: RDSBackend.describe_db_snapshots,
+                         DBClusterSnapshot: RDSBackend.describe_db_cluster_snapshots}
+
+    def restorable(snapshot, account_id, audiences):
+        restore = snapshot.attributes["restore"]
+        return snapshot.snapshot_type == "manual" and (
+            ("shared" in audiences and account_id in restore)
+            or ("public" in audiences and "all" in restore))
+
+    def get_snapshot(self, identifier, resource_type, not_found_exception):
+        if identifier.startswith("arn:"):
+            region, account_id, _, name = split_arn(identifier)
+            if account_id != self.account_id:
+                owner_backend = dict.get(dict.get(rds_backends, account_id) or {}, region)
+                snapshots = owner_backend.resource_map[resource_type] if owner_backend else {}
+                snapshot = snapshots.get(name) or snapshots.get(name.lower())
+                if snapshot is None or not restorable(snapshot, self.account_id, ("shared", "public")):
+                    raise not_found_exception(identifier)
+                return snapshot
+        return original_get_snapshot(self, identifier, resource_type, not_found_exception)
+
+    def others(self, resource_type, audiences, owner_id, snapshot_id, filters):
+        identifier_attribute, id_filter, owner_filter = kinds[resource_type]
+        filters = dict(filters or {})
+        arns = [a.lower() for a in filters.pop(id_filter, []) + ([snapshot_id] if snapshot_id else [])]
+        if owner_id:
+            filters[owner_filter] = filters.get(owner_filter, []) + [owner_id]
+        found = {}
+        for account_id, regions in list(rds_backends.items()):
+            backend = dict.get(regions, self.region_name)
+            if account_id == self.account_id or backend is None:
+                continue
+            for snapshot in list(backend.resource_map[resource_type].values()):
+                if restorable(snapshot, self.account_id, audiences) and (
+                        not arns or snapshot.arn.lower() in arns):
+                    found[snapshot.arn] = snapshot
+        if filters:
+            found = self._filter_resources(found, filters, resource_type)
+        return [_SharedSnapshotView(s, identifier_attribute) for s in found.values()]
+
+    def describe(resource_type, not_found_exception):
+        moto_parameters = inspect.signature(original_describe[resource_type])
+
+        def describe_snapshots(self, *args, include_shared=False, include_public=False, **kwargs):
+            bound = moto_parameters.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            _, owner_id, snapshot_id, snapshot_type, filters = bound.args
+            if snapshot_type in ("shared", "public"):
+                audiences, own = (snapshot_type,), []
+            else:
+                audiences = () if snapshot_type else tuple(
+                    a for a, wanted in (("shared", include_shared), ("public", include_public)) if wanted)
+                try:
+                    own = original_describe[resource_type](self, owner_id, snapshot_id, snapshot_type, filters)
+                except not_found_exception:
+                    if not audiences:
+                        raise
+                    own = []
+                if not audiences:
+                    return own
+            found = own + others(self, resource_type, audiences, owner_id, snapshot_id, filters)
+            if snapshot_id and not found and not owner_id:
+                raise not_found_exception(snapshot_id)
+            return found
+        return describe_snapshots
+
+    def action(resource_type, owner_param, snapshot_param, result_key):
+        def describe_action(self):
+            filters = {f["Name"]: f["Values"] for f in self.params.get("Filters", [])}
+            describe = (self.backend.describe_db_snapshots if resource_type is DBSnapshot
+                        else self.backend.describe_db_cluster_snapshots)
+            snapshots = describe(
+                self.params.get(owner_param), self.params.get(snapshot_param),
+                self.params.get("SnapshotType"), filters,
+                include_shared=_flag(self.params.get("IncludeShared"), False),
+                include_public=_flag(self.params.get("IncludePublic"), False),
+            )
+            return ActionResult({result_key: snapshots})
+        return describe_action
+
+    RDSBackend.get_snapshot = get_snapshot
+    RDSBackend.describe_db_snapshots = describe(DBSnapshot, DBSnapshotNotFoundFault)
+    RDSBackend.describe_db_cluster_snapshots = describe(DBClusterSnapshot, DBClusterSnapshotNotFoundError)
+    RDSResponse.describe_db_snapshots = action(
+        DBSnapshot, "DBInstanceIdentifier", "DBSnapshotIdentifier", "DBSnapshots")
+    RDSResponse.describe_db_cluster_snapshots = action(
+        DBClusterSnapshot, "DBClusterIdentifier", "DBClusterSnapshotIdentifier", "DBClusterSnapshots")
+
+
 def install_patches(settings):
     """Apply every patch, in an order where wrappers see their base. Patch a
     (``FaultInjector``) and the request check of patch g
@@ -779,6 +922,7 @@ def install_patches(settings):
     patch_create_image_snapshots_volumes()
     patch_copy_image_copies_snapshots()
     patch_root_access_keys(settings)
+    patch_shared_db_snapshots()
 
 
 def main(argv=None):

@@ -490,6 +490,155 @@ class SharedSnapshotsTest(EmulatorTestCase):
                 SnapshotIds=[snapshot_id])
 
 
+class SharedDBSnapshotsTest(EmulatorTestCase):
+    """Manual RDS and Aurora snapshots shared through the ``restore``
+    attribute, as the grantee account sees and copies them."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.rds = cls.emulator.client("rds")
+        cls.vault = cls.emulator.credentials_of(ACCOUNT_B)
+        cls.rds.create_db_instance(
+            DBInstanceIdentifier="orders", DBInstanceClass="db.t3.micro", Engine="postgres",
+            AllocatedStorage=20, MasterUsername="admin", MasterUserPassword="password-123")
+        cls.rds.create_db_cluster(
+            DBClusterIdentifier="ledger", Engine="aurora-postgresql",
+            MasterUsername="admin", MasterUserPassword="password-123")
+
+    def vault_rds(self, region="us-east-1"):
+        return self.emulator.client("rds", region, credentials=self.vault)
+
+    def db_snapshot(self, name, share=True):
+        arn = self.rds.create_db_snapshot(
+            DBInstanceIdentifier="orders", DBSnapshotIdentifier=name,
+            Tags=[{"Key": "owner-only", "Value": "x"}])["DBSnapshot"]["DBSnapshotArn"]
+        if share:
+            self.rds.modify_db_snapshot_attribute(
+                DBSnapshotIdentifier=name, AttributeName="restore", ValuesToAdd=[ACCOUNT_B])
+        return arn
+
+    def cluster_snapshot(self, name, share=True):
+        arn = self.rds.create_db_cluster_snapshot(
+            DBClusterIdentifier="ledger", DBClusterSnapshotIdentifier=name,
+        )["DBClusterSnapshot"]["DBClusterSnapshotArn"]
+        if share:
+            self.rds.modify_db_cluster_snapshot_attribute(
+                DBClusterSnapshotIdentifier=name, AttributeName="restore", ValuesToAdd=[ACCOUNT_B])
+        return arn
+
+    def shared_ids(self, rds=None, **params):
+        rds = rds or self.vault_rds()
+        return ({s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots(**params)["DBSnapshots"]},
+                {s["DBClusterSnapshotIdentifier"]
+                 for s in rds.describe_db_cluster_snapshots(**params)["DBClusterSnapshots"]})
+
+    def assert_not_found(self, call, code):
+        with self.assertRaises(ClientError) as caught:
+            call()
+        self.assertEqual(caught.exception.response["Error"]["Code"], code)
+
+    def test_shared_snapshots_are_visible_to_the_grantee_by_arn(self):
+        db_arn = self.db_snapshot("visible-db")
+        cluster_arn = self.cluster_snapshot("visible-cluster")
+        self.assertTrue(db_arn.startswith(f"arn:aws:rds:us-east-1:{ACCOUNT_A}:snapshot:"))
+        for params in ({"IncludeShared": True}, {"SnapshotType": "shared"},
+                       {"SnapshotType": "shared", "IncludeShared": True}):
+            db_ids, cluster_ids = self.shared_ids(**params)
+            self.assertIn(db_arn, db_ids, params)
+            self.assertIn(cluster_arn, cluster_ids, params)
+        shown = self.vault_rds().describe_db_snapshots(
+            DBSnapshotIdentifier=db_arn, IncludeShared=True)["DBSnapshots"]
+        self.assertEqual([(s["DBSnapshotIdentifier"], s["DBSnapshotArn"], s["SnapshotType"], s["TagList"])
+                          for s in shown], [(db_arn, db_arn, "manual", [])])
+        shown = self.vault_rds().describe_db_cluster_snapshots(
+            DBClusterSnapshotIdentifier=cluster_arn, SnapshotType="shared")["DBClusterSnapshots"]
+        self.assertEqual([s["DBClusterSnapshotArn"] for s in shown], [cluster_arn])
+        # Not without IncludeShared, not as the grantee's own, not in another region.
+        for params in ({}, {"SnapshotType": "manual", "IncludeShared": True}):
+            db_ids, cluster_ids = self.shared_ids(**params)
+            self.assertNotIn(db_arn, db_ids, params)
+            self.assertNotIn(cluster_arn, cluster_ids, params)
+        db_ids, cluster_ids = self.shared_ids(self.vault_rds("eu-west-1"), IncludeShared=True)
+        self.assertFalse({db_arn, cluster_arn} & (db_ids | cluster_ids))
+        # The owner still sees its snapshot under its own name.
+        own = self.rds.describe_db_snapshots(DBSnapshotIdentifier="visible-db")["DBSnapshots"]
+        self.assertEqual([s["DBSnapshotIdentifier"] for s in own], ["visible-db"])
+
+    def test_public_snapshots_are_listed_with_include_public(self):
+        arn = self.db_snapshot("public-db", share=False)
+        self.rds.modify_db_snapshot_attribute(
+            DBSnapshotIdentifier="public-db", AttributeName="restore", ValuesToAdd=["all"])
+        self.assertIn(arn, self.shared_ids(IncludePublic=True)[0])
+        self.assertIn(arn, self.shared_ids(SnapshotType="public")[0])
+        self.assertNotIn(arn, self.shared_ids(IncludeShared=True)[0])
+        copy = self.vault_rds().copy_db_snapshot(
+            SourceDBSnapshotIdentifier=arn, TargetDBSnapshotIdentifier="from-public")["DBSnapshot"]
+        self.assertIn(f":{ACCOUNT_B}:", copy["DBSnapshotArn"])
+
+    def test_shared_snapshots_are_copyable_same_region_and_cross_region(self):
+        db_arn = self.db_snapshot("copy-db")
+        cluster_arn = self.cluster_snapshot("copy-cluster")
+        for region in ("us-east-1", "eu-west-1"):
+            rds = self.vault_rds(region)
+            params = {"SourceRegion": "us-east-1"} if region != "us-east-1" else {}
+            copy = rds.copy_db_snapshot(SourceDBSnapshotIdentifier=db_arn,
+                                        TargetDBSnapshotIdentifier="vault-copy", **params)["DBSnapshot"]
+            self.assertEqual(copy["DBSnapshotArn"], f"arn:aws:rds:{region}:{ACCOUNT_B}:snapshot:vault-copy")
+            self.assertEqual((copy["DBInstanceIdentifier"], copy["AllocatedStorage"]), ("orders", 20))
+            own = rds.describe_db_snapshots(DBSnapshotIdentifier="vault-copy")["DBSnapshots"]
+            self.assertEqual([s["DBSnapshotArn"] for s in own], [copy["DBSnapshotArn"]])
+            cluster_copy = rds.copy_db_cluster_snapshot(
+                SourceDBClusterSnapshotIdentifier=cluster_arn,
+                TargetDBClusterSnapshotIdentifier="vault-cluster-copy", **params)["DBClusterSnapshot"]
+            self.assertEqual(cluster_copy["DBClusterSnapshotArn"],
+                             f"arn:aws:rds:{region}:{ACCOUNT_B}:cluster-snapshot:vault-cluster-copy")
+            self.assertEqual(
+                [s["DBClusterSnapshotIdentifier"] for s in rds.describe_db_cluster_snapshots(
+                    DBClusterSnapshotIdentifier="vault-cluster-copy")["DBClusterSnapshots"]],
+                ["vault-cluster-copy"])
+        # The copies belong to the vault: the sharer holds none.
+        self.assert_not_found(lambda: self.rds.describe_db_snapshots(
+            DBSnapshotIdentifier="vault-copy"), "DBSnapshotNotFound")
+        self.assert_not_found(lambda: self.rds.describe_db_cluster_snapshots(
+            DBClusterSnapshotIdentifier="vault-cluster-copy"), "DBClusterSnapshotNotFoundFault")
+
+    def test_unshared_snapshots_are_not_found_by_another_account(self):
+        db_arn = self.db_snapshot("private-db", share=False)
+        cluster_arn = self.cluster_snapshot("private-cluster", share=False)
+        db_ids, cluster_ids = self.shared_ids(IncludeShared=True)
+        self.assertNotIn(db_arn, db_ids)
+        self.assertNotIn(cluster_arn, cluster_ids)
+        rds = self.vault_rds()
+        self.assert_not_found(lambda: rds.describe_db_snapshots(
+            DBSnapshotIdentifier=db_arn, IncludeShared=True), "DBSnapshotNotFound")
+        self.assert_not_found(lambda: rds.copy_db_snapshot(
+            SourceDBSnapshotIdentifier=db_arn, TargetDBSnapshotIdentifier="stolen"), "DBSnapshotNotFound")
+        self.assert_not_found(lambda: rds.copy_db_cluster_snapshot(
+            SourceDBClusterSnapshotIdentifier=cluster_arn, TargetDBClusterSnapshotIdentifier="stolen"),
+            "DBClusterSnapshotNotFoundFault")
+        self.assert_not_found(lambda: self.vault_rds("eu-west-1").copy_db_snapshot(
+            SourceDBSnapshotIdentifier=db_arn, TargetDBSnapshotIdentifier="stolen",
+            SourceRegion="us-east-1"), "DBSnapshotNotFound")
+
+    def test_removing_the_account_hides_the_snapshot_again(self):
+        db_arn = self.db_snapshot("unshared-db")
+        cluster_arn = self.cluster_snapshot("unshared-cluster")
+        self.rds.modify_db_snapshot_attribute(
+            DBSnapshotIdentifier="unshared-db", AttributeName="restore", ValuesToRemove=[ACCOUNT_B])
+        self.rds.modify_db_cluster_snapshot_attribute(
+            DBClusterSnapshotIdentifier="unshared-cluster", AttributeName="restore",
+            ValuesToRemove=[ACCOUNT_B])
+        db_ids, cluster_ids = self.shared_ids(IncludeShared=True)
+        self.assertNotIn(db_arn, db_ids)
+        self.assertNotIn(cluster_arn, cluster_ids)
+        self.assert_not_found(lambda: self.vault_rds().copy_db_snapshot(
+            SourceDBSnapshotIdentifier=db_arn, TargetDBSnapshotIdentifier="too-late"), "DBSnapshotNotFound")
+        self.assert_not_found(lambda: self.vault_rds().copy_db_cluster_snapshot(
+            SourceDBClusterSnapshotIdentifier=cluster_arn, TargetDBClusterSnapshotIdentifier="too-late"),
+            "DBClusterSnapshotNotFoundFault")
+
+
 class ImagesTest(EmulatorTestCase):
     def test_register_image_honours_block_device_mappings(self):
         root = self.new_snapshot(size=10)["SnapshotId"]

@@ -118,7 +118,7 @@ async fn retention_keeps_the_newest_generations_and_never_a_frozen_backup() {
     assert_eq!(x.aws_snapshots(&ids[2]).await.len(), 1);
     assert_eq!(x.aws_snapshots(&ids[3]).await.len(), 1);
     // The record stays, with its deletion time.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, deleted) = x.s.get(&format!("/v1/backups/{}", ids[1]), &x.root).await;
         if deleted["snapshots"][0]["deleted_at"].is_string() {
@@ -311,12 +311,16 @@ async fn a_round_looks_instances_up_together_and_makes_one_create_per_instance()
 
 #[tokio::test]
 async fn instance_snapshots_made_before_a_crash_are_found_not_made_again() {
-    let x = setup().await;
+    use safehold_domain::backup::{Backup, BackupCommand};
+    use safehold_domain::policy::Trigger;
+    let mut x = setup().await;
     let instance = x.resource("ec2_instance", "web-1").await;
     let instance_id = instance["id"].as_str().unwrap().to_string();
     let policy = x
         .policy(json!({"name": "nightly"}), &[instance_target(&instance)])
         .await;
+    // No worker runs while the test plays the round that crashed.
+    x.stop_workers().await;
     let (status, started) =
         x.s.post(
             &format!("/v1/policies/{policy}/run"),
@@ -325,24 +329,52 @@ async fn instance_snapshots_made_before_a_crash_are_found_not_made_again() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let id = started["backup_id"].as_str().unwrap().to_string();
+    let id: uuid::Uuid = started["backup_id"].as_str().unwrap().parse().unwrap();
+    let policy_id: uuid::Uuid = policy.parse().unwrap();
     let tenant: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id FROM policies LIMIT 1")
         .fetch_one(&x.s.pool)
         .await
         .unwrap();
-    // What a run that crashed after CreateSnapshots, before recording it,
-    // leaves in AWS.
+    // The round that crashed began the backup and its snapshots, created
+    // them in AWS and died before recording them.
+    let meta = safehold_jobs::commands::system_metadata(safehold_domain::TenantId(tenant), "test");
+    let state =
+        x.s.state
+            .commands
+            .load_policy(safehold_domain::TenantId(tenant), policy_id)
+            .await
+            .unwrap()
+            .unwrap();
+    for command in [
+        BackupCommand::Begin {
+            id,
+            tenant_id: safehold_domain::TenantId(tenant),
+            policy_id,
+            policy_name: state.name.clone(),
+            account_id: state.account_id,
+            trigger: Trigger::AdHoc,
+            success_criterion: state.settings.success_criterion,
+            targets: state.targets.clone(),
+        },
+        BackupCommand::StartTaking,
+    ] {
+        safehold_jobs::commands::execute::<Backup>(&x.s.pool, &meta, id, command)
+            .await
+            .unwrap();
+    }
     let label = safehold_cloud::backup::BackupLabel {
         tenant_id: tenant,
-        backup_id: id.parse().unwrap(),
-        policy_id: policy.parse().unwrap(),
+        backup_id: id,
+        policy_id,
         policy_name: "nightly".into(),
         target: format!("ec2_instance:us-east-1:{instance_id}"),
     };
     let early = safehold_cloud::backup::snapshot_instance(&x.config, &label, &instance_id, &[])
         .await
         .unwrap();
-    let backup = x.finished(&id).await;
+    // The restarted worker runs the backup's job.
+    x.restart_workers();
+    let backup = x.finished(&id.to_string()).await;
     assert_eq!(backup["status"], "successful", "{backup}");
     let recorded: Vec<&str> = backup["snapshots"]
         .as_array()
@@ -352,5 +384,5 @@ async fn instance_snapshots_made_before_a_crash_are_found_not_made_again() {
         .collect();
     let made: Vec<&str> = early.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(recorded, made);
-    assert_eq!(x.aws_snapshots(&id).await.len(), made.len());
+    assert_eq!(x.aws_snapshots(&id.to_string()).await.len(), made.len());
 }

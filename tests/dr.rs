@@ -537,7 +537,7 @@ async fn originals_are_deleted_once_copied_when_the_policy_keeps_none() {
         Some(&original)
     );
     // The backup's record shows the original as deleted.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, view) = x.s.get(&format!("/v1/backups/{id}"), &x.root).await;
         if view["snapshots"][0]["deleted_at"].is_string() {
@@ -933,7 +933,7 @@ async fn copies_not_done_by_the_timeout_fail_dr_and_free_their_slots() {
         .any(|m| m.contains("not completed before the disaster-recovery timeout")));
     // The original is kept (DR failed), and the slot is given back.
     assert_eq!(x.aws_snapshots(&id).await.len(), 1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM dr_copy_slots")
             .fetch_one(&x.s.pool)
@@ -1013,4 +1013,326 @@ async fn production_credentials_never_copy_tag_or_delete_anything_for_the_vault(
         let in_vault = ebs_copies(&config(&x, &vault_role(), region).await, &id).await;
         assert!(in_vault.is_empty(), "deleted from the vault's {region}");
     }
+}
+
+#[tokio::test]
+async fn an_rds_snapshot_is_shared_and_copied_inside_the_vault() {
+    /// The DB snapshots in the region of `config` (its own, not shared ones)
+    /// that are DR copies of `original` made for `backup`.
+    async fn rds_copies(
+        config: &SdkConfig,
+        backup: &str,
+        original: &str,
+    ) -> Vec<aws_sdk_rds::types::DbSnapshot> {
+        let tagged = |s: &aws_sdk_rds::types::DbSnapshot, key: &str, value: &str| {
+            s.tag_list()
+                .iter()
+                .any(|t| t.key() == Some(key) && t.value() == Some(value))
+        };
+        aws_sdk_rds::Client::new(config)
+            .describe_db_snapshots()
+            .send()
+            .await
+            .unwrap()
+            .db_snapshots()
+            .iter()
+            .filter(|s| {
+                tagged(s, "safehold:dr-source", original) && tagged(s, "safehold:backup", backup)
+            })
+            .cloned()
+            .collect()
+    }
+
+    let x = setup().await;
+    let _dr = dr_workers(&x, 20);
+    let vault = register_vault(&x, false).await;
+    let rds = aws_sdk_rds::Client::new(&x.config);
+    rds.create_db_instance()
+        .db_instance_identifier("orders-db")
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .master_username("admin")
+        .master_user_password("password-123")
+        .send()
+        .await
+        .unwrap();
+    x.discover().await;
+    let policy = x
+        .policy(
+            json!({"name": "vaulted-db",
+                   "dr": {"enabled": true, "regions": [REGION, WEST], "vault_account_id": vault}}),
+            &[json!({"type": "rds_instance", "region": REGION, "resource_id": "orders-db"})],
+        )
+        .await;
+    let backup = x.run(&policy).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let id = backup["id"].as_str().unwrap().to_string();
+    let original = backup["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "rds_snapshot")
+        .unwrap_or_else(|| panic!("no RDS snapshot taken: {backup}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = dr_outcome(&x, &id).await;
+    assert_eq!(done["dr_status"], "completed", "{done}");
+
+    // Production shares the snapshot with the vault (`restore` attribute)...
+    let attributes = rds
+        .describe_db_snapshot_attributes()
+        .db_snapshot_identifier(&original)
+        .send()
+        .await
+        .unwrap();
+    let restore: Vec<String> = attributes
+        .db_snapshot_attributes_result()
+        .unwrap()
+        .db_snapshot_attributes()
+        .iter()
+        .filter(|a| a.attribute_name() == Some("restore"))
+        .flat_map(|a| a.attribute_values().to_vec())
+        .collect();
+    assert!(restore.iter().any(|a| a == VAULT), "{restore:?}");
+    // ...and the vault copies it into each target region, as its own; the
+    // production account holds no copy.
+    for region in [REGION, WEST] {
+        let in_vault = rds_copies(&config(&x, &vault_role(), region).await, &id, &original).await;
+        assert_eq!(in_vault.len(), 1, "vault copy in {region}: {in_vault:?}");
+        let arn = in_vault[0].db_snapshot_arn().unwrap_or_default();
+        assert!(
+            arn.starts_with(&format!("arn:aws:rds:{region}:{VAULT}:snapshot:")),
+            "{arn}"
+        );
+        let in_production = rds_copies(
+            &config(&x, &production_keys(), region).await,
+            &id,
+            &original,
+        )
+        .await;
+        assert!(
+            in_production.is_empty(),
+            "no copy in production's {region}: {in_production:?}"
+        );
+    }
+}
+
+/// A customer-managed KMS key with `alias` in the region of `config`; its ARN.
+async fn kms_key_with_alias(config: &SdkConfig, alias: &str) -> String {
+    let kms = aws_sdk_kms::Client::new(config);
+    let key = kms.create_key().send().await.unwrap();
+    let arn = key.key_metadata().unwrap().arn().unwrap().to_string();
+    kms.create_alias()
+        .alias_name(alias)
+        .target_key_id(&arn)
+        .send()
+        .await
+        .unwrap();
+    arn
+}
+
+/// An encrypted EBS volume named `name` in the production account's
+/// region, with `key` (the default EBS key without one), discovered.
+async fn encrypted_volume(x: &Estate, name: &str, key: Option<&str>) -> Value {
+    x.ec2
+        .create_volume()
+        .availability_zone(format!("{REGION}a"))
+        .size(1)
+        .encrypted(true)
+        .set_kms_key_id(key.map(str::to_string))
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("Name")
+                        .value(name)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    x.discover().await;
+    x.resource("ebs_volume", name).await
+}
+
+#[tokio::test]
+async fn an_encrypted_snapshot_is_copied_with_the_key_of_the_same_alias_in_the_target_region() {
+    let x = setup().await;
+    let _dr = dr_workers(&x, 20);
+    let west = config(&x, &production_keys(), WEST).await;
+    let source_key = kms_key_with_alias(&x.config, "alias/safehold-backups").await;
+    // Another key of the target region, made first, is not taken.
+    kms_key_with_alias(&west, "alias/other").await;
+    let west_key = kms_key_with_alias(&west, "alias/safehold-backups").await;
+    let rds = aws_sdk_rds::Client::new(&x.config);
+    rds.create_db_instance()
+        .db_instance_identifier("secret-db")
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .master_username("admin")
+        .master_user_password("password-123")
+        .storage_encrypted(true)
+        .kms_key_id(&source_key)
+        .send()
+        .await
+        .unwrap();
+    rds.create_db_cluster()
+        .db_cluster_identifier("secret-ledger")
+        .engine("aurora-postgresql")
+        .master_username("admin")
+        .master_user_password("password-123")
+        .storage_encrypted(true)
+        .kms_key_id(&source_key)
+        .send()
+        .await
+        .unwrap();
+    let volume = encrypted_volume(&x, "secret-data", Some(&source_key)).await;
+    let policy = x
+        .policy(
+            json!({"name": "encrypted", "dr": {"enabled": true, "regions": [WEST]}}),
+            &[
+                volume_target(&volume),
+                json!({"type": "rds_instance", "region": REGION, "resource_id": "secret-db"}),
+                json!({"type": "aurora_cluster", "region": REGION, "resource_id": "secret-ledger"}),
+            ],
+        )
+        .await;
+    let backup = x.run(&policy).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let id = backup["id"].as_str().unwrap();
+    let done = dr_outcome(&x, id).await;
+    assert_eq!(done["dr_status"], "completed", "{done}");
+
+    // Each copy in eu-west-1 is encrypted with the key of the same alias there.
+    let copies = ebs_copies(&west, id).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].encrypted(), Some(true));
+    assert_eq!(copies[0].kms_key_id(), Some(west_key.as_str()));
+    let west_rds = aws_sdk_rds::Client::new(&west);
+    let db_copies = west_rds.describe_db_snapshots().send().await.unwrap();
+    let db_copy = db_copies
+        .db_snapshots()
+        .iter()
+        .find(|s| {
+            s.tag_list()
+                .iter()
+                .any(|t| t.key() == Some("safehold:backup") && t.value() == Some(id))
+        })
+        .expect("an RDS copy in eu-west-1");
+    assert_eq!(db_copy.encrypted(), Some(true));
+    assert_eq!(db_copy.kms_key_id(), Some(west_key.as_str()));
+    let cluster_copies = west_rds
+        .describe_db_cluster_snapshots()
+        .send()
+        .await
+        .unwrap();
+    let cluster_copy = cluster_copies
+        .db_cluster_snapshots()
+        .iter()
+        .find(|s| {
+            s.tag_list()
+                .iter()
+                .any(|t| t.key() == Some("safehold:backup") && t.value() == Some(id))
+        })
+        .expect("an Aurora copy in eu-west-1");
+    assert_eq!(cluster_copy.kms_key_id(), Some(west_key.as_str()));
+}
+
+#[tokio::test]
+async fn an_encrypted_snapshot_without_a_matching_key_alias_fails_dr_before_copying() {
+    let x = setup().await;
+    let _dr = dr_workers(&x, 20);
+    let west = config(&x, &production_keys(), WEST).await;
+    let source_key = kms_key_with_alias(&x.config, "alias/safehold-backups").await;
+    kms_key_with_alias(&west, "alias/other").await;
+    let volume = encrypted_volume(&x, "secret-data", Some(&source_key)).await;
+    let policy = x
+        .policy(
+            json!({"name": "encrypted", "dr": {"enabled": true, "regions": [WEST]}}),
+            &[volume_target(&volume)],
+        )
+        .await;
+    let backup = x.run(&policy).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let id = backup["id"].as_str().unwrap();
+    let done = dr_outcome(&x, id).await;
+    assert_eq!(done["dr_status"], "failed", "{done}");
+    let log = log_messages(&done);
+    assert!(
+        log.iter().any(|m| m.contains(
+            "no KMS key with alias alias/safehold-backups in eu-west-1 of account 123456789012"
+        )),
+        "{log:?}"
+    );
+    // No copy was attempted, and none exists in the target region.
+    assert!(ebs_copies(&west, id).await.is_empty());
+    let calls = x.emulator.calls().await.unwrap();
+    assert_eq!(
+        calls.get("CopySnapshot").copied().unwrap_or(0),
+        0,
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_aws_managed_key_is_the_default_key_in_its_account_and_never_shared_with_a_vault() {
+    let x = setup().await;
+    let _dr = dr_workers(&x, 20);
+    let vault = register_vault(&x, false).await;
+    // Encrypted with the account's default EBS key, alias/aws/ebs.
+    let volume = encrypted_volume(&x, "secret-data", None).await;
+
+    // Within the account, the copy is encrypted with the target region's default key.
+    let regional = x
+        .policy(
+            json!({"name": "regional", "dr": {"enabled": true, "regions": [WEST]}}),
+            &[volume_target(&volume)],
+        )
+        .await;
+    let backup = x.run(&regional).await;
+    let id = backup["id"].as_str().unwrap();
+    let done = dr_outcome(&x, id).await;
+    assert_eq!(done["dr_status"], "completed", "{done}");
+    let copies = ebs_copies(&config(&x, &production_keys(), WEST).await, id).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].encrypted(), Some(true));
+
+    // Into the vault, the key cannot follow: DR fails before sharing or copying.
+    let vaulted = x
+        .policy(
+            json!({"name": "vaulted",
+                   "dr": {"enabled": true, "regions": [WEST], "vault_account_id": vault}}),
+            &[volume_target(&volume)],
+        )
+        .await;
+    let backup = x.run(&vaulted).await;
+    let id = backup["id"].as_str().unwrap();
+    let original = backup["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let done = dr_outcome(&x, id).await;
+    assert_eq!(done["dr_status"], "failed", "{done}");
+    let log = log_messages(&done);
+    assert!(
+        log.iter()
+            .any(|m| m.contains("AWS-managed key alias/aws/ebs")
+                && m.contains(&format!("eu-west-1 of account {VAULT}"))),
+        "{log:?}"
+    );
+    assert!(ebs_copies(&config(&x, &vault_role(), WEST).await, id)
+        .await
+        .is_empty());
+    let shared = x
+        .ec2
+        .describe_snapshot_attribute()
+        .snapshot_id(&original)
+        .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+        .send()
+        .await
+        .unwrap();
+    assert!(shared.create_volume_permissions().is_empty(), "{shared:?}");
 }

@@ -626,6 +626,47 @@ pub async fn snapshot_instance(
     .await
 }
 
+/// The instances among `batch`: looked up by id, and when one of them no
+/// longer exists (AWS then fails the whole call) by a filter, which leaves
+/// unknown ids out.
+async fn describe_instance_batch(
+    client: &aws_sdk_ec2::Client,
+    batch: &[String],
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, CloudError> {
+    let instances =
+        |pages: Vec<aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput>| {
+            pages
+                .iter()
+                .flat_map(|p| p.reservations())
+                .flat_map(|r| r.instances())
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+    let by_id = client
+        .describe_instances()
+        .set_instance_ids(Some(batch.to_vec()))
+        .into_paginator()
+        .send()
+        .try_collect()
+        .await
+        .map_err(CloudError::from_sdk);
+    match by_id {
+        Ok(pages) => Ok(instances(pages)),
+        Err(e) if e.code.starts_with("InvalidInstanceID") => {
+            let pages = client
+                .describe_instances()
+                .filters(ec2_filter("instance-id", batch))
+                .into_paginator()
+                .send()
+                .try_collect()
+                .await
+                .map_err(CloudError::from_sdk)?;
+            Ok(instances(pages))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Live instances (not terminated or shutting down) among `ids`, with their
 /// volumes and tags: one call per hundred instances, so a round checks that
 /// its instances exist and learns what to snapshot without a call per
@@ -635,37 +676,23 @@ pub async fn describe_live_instances(
     ids: &[String],
 ) -> Result<HashMap<String, aws_sdk_ec2::types::Instance>, CloudError> {
     let client = aws_sdk_ec2::Client::new(config);
-    let mut describing = Vec::new();
-    for batch in ids.chunks(FILTER_BATCH) {
-        let request = client
-            .describe_instances()
-            .filters(ec2_filter("instance-id", batch));
-        describing.push(async move {
-            request
-                .into_paginator()
-                .send()
-                .try_collect()
-                .await
-                .map_err(CloudError::from_sdk)
-        });
-    }
+    let describing = ids
+        .chunks(FILTER_BATCH)
+        .map(|batch| describe_instance_batch(&client, batch))
+        .collect::<Vec<_>>();
     let pages: Vec<Result<Vec<_>, CloudError>> = futures::stream::iter(describing)
         .buffer_unordered(DESCRIBE_CONCURRENCY)
         .collect()
         .await;
     let mut live = HashMap::new();
-    for page in pages {
-        for instance in page?
-            .iter()
-            .flat_map(|p| p.reservations())
-            .flat_map(|r| r.instances())
-        {
+    for instances in pages {
+        for instance in instances? {
             let gone = matches!(
                 instance.state().and_then(|s| s.name()).map(|n| n.as_str()),
                 Some("terminated") | Some("shutting-down")
             );
-            if let (Some(id), false) = (instance.instance_id(), gone) {
-                live.insert(id.to_string(), instance.clone());
+            if let (Some(id), false) = (instance.instance_id().map(str::to_owned), gone) {
+                live.insert(id, instance);
             }
         }
     }
@@ -1259,16 +1286,29 @@ pub async fn poll(
         ArtifactKind::EbsSnapshot => {
             let client = aws_sdk_ec2::Client::new(config);
             for batch in ids.chunks(FILTER_BATCH) {
-                // A filter leaves unknown ids out where SnapshotIds fails.
-                let pages = client
+                // By id; when one is gone (AWS then fails the whole call) by
+                // a filter, which leaves unknown ids out.
+                let by_id = client
                     .describe_snapshots()
                     .owner_ids("self")
-                    .filters(ec2_filter("snapshot-id", batch))
+                    .set_snapshot_ids(Some(batch.to_vec()))
                     .into_paginator()
                     .send()
                     .try_collect()
                     .await
-                    .map_err(CloudError::from_sdk)?;
+                    .map_err(CloudError::from_sdk);
+                let pages = match by_id {
+                    Err(e) if e.code.starts_with("InvalidSnapshot") => client
+                        .describe_snapshots()
+                        .owner_ids("self")
+                        .filters(ec2_filter("snapshot-id", batch))
+                        .into_paginator()
+                        .send()
+                        .try_collect()
+                        .await
+                        .map_err(CloudError::from_sdk)?,
+                    other => other?,
+                };
                 for s in pages.iter().flat_map(|p| p.snapshots()) {
                     record(s.snapshot_id(), ebs_state(s.state()));
                 }

@@ -8,6 +8,10 @@
 //! Before creating one, the destination is searched for it (EBS snapshots by
 //! tags; AMIs, RDS and Aurora snapshots by a name derived from the backup and
 //! the original), so a repeated step never makes a second copy.
+//!
+//! An encrypted EBS, RDS or Aurora original is copied with the key that has
+//! the same alias in the destination (the account making the copy, in the
+//! target region); see [`copy_key`] and [`key_rule`] for the cases.
 
 use std::collections::BTreeMap;
 
@@ -117,20 +121,278 @@ pub struct Copy {
     pub state: ArtifactState,
 }
 
+/// How a copy is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyKey {
+    /// As AWS copies it by default: an unencrypted original (and AMIs).
+    AsOriginal,
+    /// With the destination's default key of the service (`alias/aws/ebs`,
+    /// `alias/aws/rds`).
+    DestinationDefault,
+    /// With this key (its ARN) of the destination.
+    Key(String),
+}
+
+/// What the copy of an encrypted original needs in the destination, by
+/// the aliases of the original's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRule {
+    /// An AWS-managed key copied within its account: the destination's
+    /// default key (what AWS does).
+    DestinationDefault,
+    /// A key with the first of these aliases in the destination.
+    SameAlias(Vec<String>),
+}
+
+const AWS_MANAGED_ALIAS: &str = "alias/aws/";
+
+/// The rules for an original encrypted with `key` (known by
+/// `key_aliases`), copied within its account or into another
+/// (`same_account`). `destination` names the target region and account in
+/// refusals. An AWS-managed key (`alias/aws/...`) cannot be shared with
+/// another account; a customer key without an alias has no counterpart to
+/// find.
+pub fn key_rule(
+    key: &str,
+    key_aliases: &[String],
+    same_account: bool,
+    destination: &str,
+) -> Result<KeyRule, CloudError> {
+    if let Some(managed) = key_aliases
+        .iter()
+        .find(|a| a.starts_with(AWS_MANAGED_ALIAS))
+    {
+        return if same_account {
+            Ok(KeyRule::DestinationDefault)
+        } else {
+            Err(error(
+                "KmsKeyNotShareable",
+                format!(
+                    "the original is encrypted with the AWS-managed key {managed}, \
+                     which cannot be shared with another account, so it cannot be \
+                     copied into {destination}; use a customer-managed key with an alias"
+                ),
+            ))
+        };
+    }
+    let customer: Vec<String> = key_aliases
+        .iter()
+        .filter(|a| a.starts_with("alias/"))
+        .cloned()
+        .collect();
+    if customer.is_empty() {
+        return Err(error(
+            "KmsKeyNotFound",
+            format!(
+                "the original's KMS key {key} has no alias, so no key for the copy \
+                 can be found in {destination}"
+            ),
+        ));
+    }
+    Ok(KeyRule::SameAlias(customer))
+}
+
+/// The destination key for `rule`, from the destination's aliases (alias
+/// name to key ARN).
+pub fn pick_key(
+    rule: &KeyRule,
+    destination_aliases: &BTreeMap<String, String>,
+    destination: &str,
+) -> Result<CopyKey, CloudError> {
+    match rule {
+        KeyRule::DestinationDefault => Ok(CopyKey::DestinationDefault),
+        KeyRule::SameAlias(aliases) => aliases
+            .iter()
+            .find_map(|a| destination_aliases.get(a))
+            .map(|arn| CopyKey::Key(arn.clone()))
+            .ok_or_else(|| {
+                error(
+                    "KmsKeyNotFound",
+                    format!(
+                        "no KMS key with alias {} in {destination}",
+                        aliases.join(" or ")
+                    ),
+                )
+            }),
+    }
+}
+
+/// The aliases (`alias/...`) of `key` in the region of `config`, each with
+/// the ARN of the key it names. With `key`, only that key's aliases.
+async fn kms_aliases(
+    config: &SdkConfig,
+    key: Option<&str>,
+) -> Result<BTreeMap<String, String>, CloudError> {
+    let client = aws_sdk_kms::Client::new(config);
+    let mut aliases = BTreeMap::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let out = client
+            .list_aliases()
+            .set_key_id(key.map(str::to_string))
+            .set_marker(marker.clone())
+            .send()
+            .await
+            .map_err(CloudError::from_sdk)?;
+        for alias in out.aliases() {
+            let (Some(name), Some(target)) = (alias.alias_name(), alias.target_key_id()) else {
+                continue;
+            };
+            let arn = match alias.alias_arn().and_then(|a| a.split_once(":alias/")) {
+                Some((prefix, _)) if !target.starts_with("arn:") => {
+                    format!("{prefix}:key/{target}")
+                }
+                _ => target.to_string(),
+            };
+            aliases.insert(name.to_string(), arn);
+        }
+        marker = out.next_marker().map(str::to_string);
+        if !out.truncated() || marker.is_none() {
+            return Ok(aliases);
+        }
+    }
+}
+
+/// The KMS key an original is encrypted with, `None` when it is not
+/// encrypted (or is an AMI, copied as AWS copies it).
+async fn original_key(source: &SdkConfig, order: &CopyOrder) -> Result<Option<String>, CloudError> {
+    let unknown = || {
+        error(
+            "KmsKeyUnknown",
+            format!(
+                "{} is encrypted, but AWS does not say with which KMS key",
+                order.original_id
+            ),
+        )
+    };
+    match order.kind {
+        ArtifactKind::EbsSnapshot => {
+            let ec2 = aws_sdk_ec2::Client::new(source);
+            let original = ec2
+                .describe_snapshots()
+                .filters(ec2_filter("snapshot-id", &[&order.original_id]))
+                .send()
+                .await
+                .map_err(CloudError::from_sdk)?
+                .snapshots()
+                .first()
+                .cloned()
+                .ok_or_else(|| {
+                    error(
+                        "InvalidSnapshot.NotFound",
+                        format!("snapshot {} not found", order.original_id),
+                    )
+                })?;
+            if original.encrypted() != Some(true) {
+                return Ok(None);
+            }
+            if let Some(key) = original.kms_key_id() {
+                return Ok(Some(key.to_string()));
+            }
+            // When AWS did not say, the key of the volume it was taken from.
+            let volume = original.volume_id().ok_or_else(unknown)?;
+            let volumes = ec2
+                .describe_volumes()
+                .filters(ec2_filter("volume-id", &[volume]))
+                .send()
+                .await
+                .map_err(CloudError::from_sdk)?;
+            volumes
+                .volumes()
+                .first()
+                .and_then(|v| v.kms_key_id())
+                .map(|k| Some(k.to_string()))
+                .ok_or_else(unknown)
+        }
+        ArtifactKind::RdsSnapshot => {
+            let Some(original) =
+                find_db_snapshot(&aws_sdk_rds::Client::new(source), &order.original_id).await?
+            else {
+                return Ok(None);
+            };
+            if original.encrypted() != Some(true) {
+                return Ok(None);
+            }
+            original
+                .kms_key_id()
+                .map(|k| Some(k.to_string()))
+                .ok_or_else(unknown)
+        }
+        ArtifactKind::AuroraSnapshot => {
+            let Some(original) =
+                find_db_cluster_snapshot(&aws_sdk_rds::Client::new(source), &order.original_id)
+                    .await?
+            else {
+                return Ok(None);
+            };
+            if original.storage_encrypted() != Some(true) {
+                return Ok(None);
+            }
+            original
+                .kms_key_id()
+                .map(|k| Some(k.to_string()))
+                .ok_or_else(unknown)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// How the copy of `order` into the region of `dest` is encrypted. An
+/// unencrypted original (and an AMI) is copied as it is. For an encrypted
+/// one, the aliases of its key (in the original's account and region) are
+/// looked up in the destination: a key with the same alias encrypts the
+/// copy. An AWS-managed key becomes the destination's default key within
+/// the account and is refused into another account. Refusals are permanent
+/// errors, raised before anything is shared or copied.
+pub async fn copy_key(
+    source: &SdkConfig,
+    dest: &SdkConfig,
+    order: &CopyOrder,
+) -> Result<CopyKey, CloudError> {
+    let Some(key) = original_key(source, order).await? else {
+        return Ok(CopyKey::AsOriginal);
+    };
+    let key_aliases: Vec<String> = kms_aliases(source, Some(&key)).await?.into_keys().collect();
+    let dest_account = account_of(dest).await?;
+    let same_account = account_of(source).await? == dest_account;
+    let region = dest
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "us-east-1".into());
+    let destination = format!("{region} of account {dest_account}");
+    let rule = key_rule(&key, &key_aliases, same_account, &destination)?;
+    let dest_aliases = match rule {
+        KeyRule::DestinationDefault => BTreeMap::new(),
+        KeyRule::SameAlias(_) => kms_aliases(dest, None).await?,
+    };
+    pick_key(&rule, &dest_aliases, &destination)
+}
+
 /// Makes (or finds, when an earlier attempt made it) the copy of `order`
-/// in the region of `dest`. `source` reaches the original. Across accounts
-/// the original must have been shared with the destination account first
-/// ([`share`]).
+/// in the region of `dest`, encrypted as [`copy_key`] decides. `source`
+/// reaches the original. Across accounts the original must have been
+/// shared with the destination account first ([`share`]).
 pub async fn copy(
     source: &SdkConfig,
     dest: &SdkConfig,
     order: &CopyOrder,
 ) -> Result<Copy, CloudError> {
+    let key = copy_key(source, dest, order).await?;
+    copy_with_key(source, dest, order, &key).await
+}
+
+/// [`copy`] with the key found by [`copy_key`].
+pub async fn copy_with_key(
+    source: &SdkConfig,
+    dest: &SdkConfig,
+    order: &CopyOrder,
+    key: &CopyKey,
+) -> Result<Copy, CloudError> {
     match order.kind {
-        ArtifactKind::EbsSnapshot => copy_ebs(source, dest, order).await,
+        ArtifactKind::EbsSnapshot => copy_ebs(source, dest, order, key).await,
         ArtifactKind::Ami => copy_ami(source, dest, order).await,
-        ArtifactKind::RdsSnapshot => copy_rds(source, dest, order).await,
-        ArtifactKind::AuroraSnapshot => copy_aurora(source, dest, order).await,
+        ArtifactKind::RdsSnapshot => copy_rds(source, dest, order, key).await,
+        ArtifactKind::AuroraSnapshot => copy_aurora(source, dest, order, key).await,
         ArtifactKind::RedshiftSnapshot | ArtifactKind::DynamodbBackup => Err(error(
             "CopyNotSupported",
             format!("{:?} {} cannot be copied", order.kind, order.original_id),
@@ -169,6 +431,7 @@ async fn copy_ebs(
     source: &SdkConfig,
     dest: &SdkConfig,
     order: &CopyOrder,
+    key: &CopyKey,
 ) -> Result<Copy, CloudError> {
     if let Some(found) = find_ebs_copy(dest, order).await? {
         return Ok(found);
@@ -189,10 +452,17 @@ async fn copy_ebs(
             )
         })?;
     let tags = order.copy_tags(&ec2_tag_map(original.tags()));
+    let (encrypted, key_id) = match key {
+        CopyKey::AsOriginal => (None, None),
+        CopyKey::DestinationDefault => (Some(true), None),
+        CopyKey::Key(arn) => (Some(true), Some(arn.clone())),
+    };
     let out = aws_sdk_ec2::Client::new(dest)
         .copy_snapshot()
         .source_region(&order.source_region)
         .source_snapshot_id(&order.original_id)
+        .set_encrypted(encrypted)
+        .set_kms_key_id(key_id)
         .description(order.description(original.description()))
         .tag_specifications(ec2_tag_spec(
             aws_sdk_ec2::types::ResourceType::Snapshot,
@@ -316,10 +586,20 @@ fn check_copy_source(
     }
 }
 
+/// The `KmsKeyId` of an RDS or Aurora copy.
+fn rds_copy_key(key: &CopyKey) -> Option<String> {
+    match key {
+        CopyKey::AsOriginal => None,
+        CopyKey::DestinationDefault => Some("alias/aws/rds".into()),
+        CopyKey::Key(arn) => Some(arn.clone()),
+    }
+}
+
 async fn copy_rds(
     source: &SdkConfig,
     dest: &SdkConfig,
     order: &CopyOrder,
+    key: &CopyKey,
 ) -> Result<Copy, CloudError> {
     let client = aws_sdk_rds::Client::new(dest);
     let name = order.copy_name();
@@ -355,6 +635,7 @@ async fn copy_rds(
         .copy_db_snapshot()
         .source_db_snapshot_identifier(arn)
         .target_db_snapshot_identifier(&name)
+        .set_kms_key_id(rds_copy_key(key))
         .set_tags(Some(rds_tags(&tags)))
         .send()
         .await
@@ -381,6 +662,7 @@ async fn copy_aurora(
     source: &SdkConfig,
     dest: &SdkConfig,
     order: &CopyOrder,
+    key: &CopyKey,
 ) -> Result<Copy, CloudError> {
     let client = aws_sdk_rds::Client::new(dest);
     let name = order.copy_name();
@@ -416,6 +698,7 @@ async fn copy_aurora(
         .copy_db_cluster_snapshot()
         .source_db_cluster_snapshot_identifier(arn)
         .target_db_cluster_snapshot_identifier(&name)
+        .set_kms_key_id(rds_copy_key(key))
         .set_tags(Some(rds_tags(&tags)))
         .send()
         .await
@@ -514,6 +797,70 @@ mod tests {
             b,
             order(ArtifactKind::RdsSnapshot, "safehold-other").copy_name()
         );
+    }
+
+    fn aliases(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    const WHERE: &str = "eu-west-1 of account 210987654321";
+
+    #[test]
+    fn an_aws_managed_key_becomes_the_default_key_within_its_account_only() {
+        let managed = aliases(&["alias/aws/ebs"]);
+        assert_eq!(
+            key_rule("k", &managed, true, WHERE),
+            Ok(KeyRule::DestinationDefault)
+        );
+        assert_eq!(
+            pick_key(&KeyRule::DestinationDefault, &BTreeMap::new(), WHERE),
+            Ok(CopyKey::DestinationDefault)
+        );
+        let refused = key_rule("k", &managed, false, WHERE).unwrap_err();
+        assert_eq!(refused.code, "KmsKeyNotShareable");
+        assert!(refused.message.contains("alias/aws/ebs"), "{refused}");
+        assert!(refused.message.contains(WHERE), "{refused}");
+    }
+
+    #[test]
+    fn a_customer_key_needs_a_key_with_the_same_alias_in_the_destination() {
+        let rule = key_rule("k", &aliases(&["alias/backups", "alias/old"]), false, WHERE).unwrap();
+        assert_eq!(
+            rule,
+            KeyRule::SameAlias(aliases(&["alias/backups", "alias/old"]))
+        );
+        // The same rule within the account (another region).
+        assert_eq!(
+            key_rule("k", &aliases(&["alias/backups", "alias/old"]), true, WHERE),
+            Ok(rule.clone())
+        );
+        let mut dest = BTreeMap::new();
+        dest.insert("alias/old".to_string(), "arn:key/old".to_string());
+        dest.insert("alias/other".to_string(), "arn:key/other".to_string());
+        assert_eq!(
+            pick_key(&rule, &dest, WHERE),
+            Ok(CopyKey::Key("arn:key/old".into()))
+        );
+        dest.insert("alias/backups".to_string(), "arn:key/backups".to_string());
+        assert_eq!(
+            pick_key(&rule, &dest, WHERE),
+            Ok(CopyKey::Key("arn:key/backups".into()))
+        );
+        let missing =
+            pick_key(&KeyRule::SameAlias(aliases(&["alias/x"])), &dest, WHERE).unwrap_err();
+        assert_eq!(missing.code, "KmsKeyNotFound");
+        assert_eq!(
+            missing.message,
+            format!("no KMS key with alias alias/x in {WHERE}")
+        );
+        assert!(!missing.is_transient());
+    }
+
+    #[test]
+    fn a_customer_key_without_an_alias_cannot_be_matched() {
+        let refused = key_rule("arn:aws:kms:us-east-1:1:key/k", &[], true, WHERE).unwrap_err();
+        assert_eq!(refused.code, "KmsKeyNotFound");
+        assert!(refused.message.contains("has no alias"), "{refused}");
     }
 
     #[test]

@@ -267,6 +267,10 @@ pub struct BackupState {
     /// Disaster recovery, once decided.
     #[serde(default)]
     pub dr: Option<DrRun>,
+    /// A round has begun creating AWS objects: from then on a round looks
+    /// for what an interrupted one may have made before creating anything.
+    #[serde(default)]
+    pub taking_started: bool,
 }
 
 impl BackupState {
@@ -443,6 +447,8 @@ pub enum BackupCommand {
         target: TargetKey,
         snapshots: Vec<Snapshot>,
     },
+    /// Recorded before a round first creates anything in AWS.
+    StartTaking,
     /// What a round took for many targets at once: one append instead of
     /// one per target. Targets already reported are left as they are.
     RecordTaken {
@@ -532,6 +538,7 @@ pub enum BackupEvent {
         target: TargetKey,
         snapshots: Vec<Snapshot>,
     },
+    TakingStarted,
     TargetFailed {
         target: TargetKey,
         error: String,
@@ -619,6 +626,7 @@ impl DomainEvent for BackupEvent {
             BackupEvent::SnapshotFailed { .. } => "SnapshotFailed",
             BackupEvent::BackupCompleted { .. } => "BackupCompleted",
             BackupEvent::BackupFrozen(_) => "BackupFrozen",
+            BackupEvent::TakingStarted => "TakingStarted",
             BackupEvent::BackupDeleted { .. } => "BackupDeleted",
             BackupEvent::InitialAmiKept { .. } => "InitialAmiKept",
             BackupEvent::InitialAmiDeleted { .. } => "InitialAmiDeleted",
@@ -689,6 +697,7 @@ impl BackupEvent {
             BackupEvent::BackupFrozen(entry) => {
                 format!("Moved to the freezer as {}", entry.name)
             }
+            BackupEvent::TakingStarted => "Taking snapshots".into(),
             BackupEvent::BackupDeleted { marked_only, .. } => if *marked_only {
                 "Expired: its AWS objects were tagged as expired (deletion not allowed there)"
             } else {
@@ -859,6 +868,18 @@ impl Aggregate for Backup {
                     state,
                     vec![BackupEvent::SnapshotsTaken { target, snapshots }],
                 )
+            }
+            BackupCommand::StartTaking => {
+                let state = self.running()?;
+                if state.taking_started {
+                    // Tells the round that an earlier one may have created
+                    // objects it has not recorded.
+                    return Err(DomainError::conflict(
+                        "taking_started",
+                        "an earlier round has begun taking snapshots",
+                    ));
+                }
+                vec![BackupEvent::TakingStarted]
             }
             BackupCommand::RecordTaken { taken } => {
                 let state = self.running()?;
@@ -1208,6 +1229,7 @@ impl Aggregate for Backup {
                 deleted_at: None,
                 purged: false,
                 dr: None,
+                taking_started: false,
             });
             return;
         }
@@ -1245,6 +1267,7 @@ impl Aggregate for Backup {
             BackupEvent::SnapshotFailed { id, .. } => set_state(state, &id, SnapshotState::Failed),
             BackupEvent::BackupCompleted { status } => state.status = status,
             BackupEvent::BackupFrozen(entry) => state.frozen = Some(entry),
+            BackupEvent::TakingStarted => state.taking_started = true,
             BackupEvent::BackupDeleted { at, .. } => {
                 state.deleted = true;
                 state.deleted_at = at;
@@ -1572,6 +1595,21 @@ mod tests {
                     snapshots: vec![snap("snap-3", "vol-3")],
                 },
             ]);
+    }
+
+    #[test]
+    fn taking_starts_once_and_a_later_round_learns_it_must_look_first() {
+        Test::with(())
+            .given(vec![begun(&["vol-1"])])
+            .when(BackupCommand::StartTaking)
+            .then_expect_events(vec![BackupEvent::TakingStarted]);
+        Test::with(())
+            .given(vec![begun(&["vol-1"]), BackupEvent::TakingStarted])
+            .when(BackupCommand::StartTaking)
+            .then_expect_error(DomainError::conflict(
+                "taking_started",
+                "an earlier round has begun taking snapshots",
+            ));
     }
 
     #[test]

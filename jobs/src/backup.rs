@@ -7,7 +7,7 @@
 //! ignores a second report for a target. A per-backup advisory lock keeps two
 //! runs of one backup (a job re-run after a crash) from working at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::StreamExt;
 use std::time::Duration;
@@ -439,10 +439,23 @@ async fn take_instance_snapshots(
     }
     let pool = &ctx.cloud.pool;
     let ids: Vec<String> = targets.iter().map(|t| t.key.resource_id.clone()).collect();
-    let looked_up = futures::future::try_join(
-        aws::describe_live_instances(config, &ids),
-        aws::backup_snapshots(config, backup.id),
-    );
+    // Before a backup's first creating call nothing can exist to be found;
+    // once a round has begun creating (and may have been interrupted), every
+    // round looks first.
+    let look_for_made = backup.taking_started
+        || match execute::<Backup>(pool, meta, backup.id, BackupCommand::StartTaking).await {
+            Ok(()) => false,
+            Err(cqrs_es::AggregateError::UserError(DomainError::Conflict { .. })) => true,
+            Err(e) => return Err(anyhow::anyhow!("{e}")),
+        };
+    let looked_up = futures::future::try_join(aws::describe_live_instances(config, &ids), async {
+        if look_for_made {
+            aws::backup_snapshots(config, backup.id).await
+        } else {
+            Ok(HashMap::new())
+        }
+    });
+    let started = std::time::Instant::now();
     let (live, mut made) = match looked_up.await {
         Ok(found) => found,
         Err(e) if e.is_transient() => {
@@ -482,10 +495,18 @@ async fn take_instance_snapshots(
             (target, label, result)
         });
     }
+    let looking_up = started.elapsed();
     let results: Vec<_> = futures::stream::iter(creating)
         .buffer_unordered(CREATE_CONCURRENCY)
         .collect()
         .await;
+    tracing::debug!(
+        backup = %backup.id,
+        instances = targets.len(),
+        lookup_ms = looking_up.as_millis() as u64,
+        create_ms = (started.elapsed() - looking_up).as_millis() as u64,
+        "instance snapshots"
+    );
     for (target, label, result) in results {
         let key = &target.key;
         let mut artifacts = match result {
@@ -794,7 +815,8 @@ async fn run_backup_job(job: BackupJob, ctx: Data<BackupContext>) -> Result<(), 
     Ok(())
 }
 
-fn backup_lock_key(backup: Uuid) -> i64 {
+/// The advisory lock that keeps two runs of one backup apart.
+pub fn backup_lock_key(backup: Uuid) -> i64 {
     let bytes = backup.as_bytes();
     i64::from_be_bytes([
         bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],

@@ -6,6 +6,10 @@
 //! the DR timeout has passed. Once every copy completed, a policy that keeps
 //! no originals has the copied originals deleted.
 //!
+//! An encrypted original is copied with the destination's key of the same
+//! alias; when there is none (or its AWS-managed key cannot leave its
+//! account) the copy fails before anything is shared or copied.
+//!
 //! Every step is safe to repeat: copies are looked up (by tags or
 //! deterministic names) before one is made, and the aggregate ignores a
 //! second report. A per-backup advisory lock keeps two rounds apart.
@@ -319,12 +323,17 @@ async fn start_copies(
             source_region: snapshot.region.clone(),
             backup_id: backup.id,
         };
-        let mut outcome = Ok(());
-        if dr.cross_account {
-            outcome = aws_dr::share(&source, &kind, &snapshot.id, &accounts.dest.number).await;
+        // The copy's key first: an encrypted original without a key for
+        // its copy fails here, before it is shared or copied.
+        let mut outcome = aws_dr::copy_key(&source, &dest, &order).await;
+        if dr.cross_account && outcome.is_ok() {
+            if let Err(e) = aws_dr::share(&source, &kind, &snapshot.id, &accounts.dest.number).await
+            {
+                outcome = Err(e);
+            }
         }
         let copied = match outcome {
-            Ok(()) => aws_dr::copy(&source, &dest, &order).await,
+            Ok(key) => aws_dr::copy_with_key(&source, &dest, &order, &key).await,
             Err(e) => Err(e),
         };
         match copied {

@@ -254,7 +254,9 @@ async fn apply_backup(
             .execute(&mut *tx)
             .await?;
         }
-        BackupEvent::TargetFailed { .. } | BackupEvent::TargetVanished { .. } => {}
+        BackupEvent::TargetFailed { .. }
+        | BackupEvent::TargetVanished { .. }
+        | BackupEvent::TakingStarted => {}
         BackupEvent::SnapshotCompleted { id: snapshot } => {
             set_snapshot_state(tx, tenant, id, &snapshot, "completed", at).await?;
         }

@@ -58,15 +58,7 @@ pub async fn setup() -> Estate {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{account}");
-    let (stop, stop_rx) = watch::channel(false);
-    let ctx = BackupContext {
-        cloud: s.state.cloud.clone(),
-        settings: BackupSettings {
-            poll_every: Duration::from_millis(300),
-            ..BackupSettings::default()
-        },
-    };
-    tokio::spawn(safehold_jobs::backup::run_workers(ctx, stop_rx));
+    let stop = start_workers(&s);
     let x = Estate {
         emulator,
         s,
@@ -80,7 +72,33 @@ pub async fn setup() -> Estate {
     x
 }
 
+/// Backup workers in this process, polling quickly; they stop when the
+/// returned sender is dropped or says so.
+fn start_workers(s: &TestServer) -> watch::Sender<bool> {
+    let (stop, stop_rx) = watch::channel(false);
+    let ctx = BackupContext {
+        cloud: s.state.cloud.clone(),
+        settings: BackupSettings {
+            poll_every: Duration::from_millis(300),
+            ..BackupSettings::default()
+        },
+    };
+    tokio::spawn(safehold_jobs::backup::run_workers(ctx, stop_rx));
+    stop
+}
+
 impl Estate {
+    /// Stops the backup workers, as a worker process that dies does.
+    pub async fn stop_workers(&self) {
+        let _ = self._workers.send(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// Starts new backup workers, as a restarted worker process does.
+    pub fn restart_workers(&mut self) {
+        self._workers = start_workers(&self.s);
+    }
+
     pub async fn discover(&self) {
         let (status, body) = self
             .s
@@ -185,7 +203,7 @@ impl Estate {
 
     /// Waits until every snapshot of the backup is recorded as deleted.
     pub async fn recorded_deleted(&self, backup: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let (_, view) = self
                 .s
