@@ -702,10 +702,14 @@ def patch_create_image_snapshots_volumes():
 
 
 def patch_copy_image_copies_snapshots():
-    """CopyImage copies each snapshot of the source AMI's mappings."""
+    """CopyImage copies each snapshot of the source AMI's mappings. With
+    ``Encrypted=true`` every copied snapshot is encrypted, with ``KmsKeyId``
+    when given, else with the source snapshot's key (AWS uses the
+    destination's default key; the emulator has no default key to name)."""
     original_copy_image = AmiBackend.copy_image
 
-    def copy_image(self, source_image_id, source_region, name=None, description=None):
+    def copy_image(self, source_image_id, source_region, name=None, description=None,
+                   encrypted=False, kms_key_id=None):
         source_backend = ec2_backends[self.account_id][source_region]
         source = source_backend.describe_images(ami_ids=[source_image_id])[0]
         ami = original_copy_image(self, source_image_id, source_region, name, description)
@@ -722,7 +726,9 @@ def patch_copy_image_copies_snapshots():
                     self, random_snapshot_id(), source_snapshot.volume,
                     f"Copied for DestinationAmi {ami.id} from SourceAmi {source.id} "
                     f"for SourceSnapshot {source_snapshot.id}",
-                    encrypted=source_snapshot.encrypted, kms_key_id=source_snapshot.kms_key_id,
+                    encrypted=bool(encrypted) or source_snapshot.encrypted,
+                    kms_key_id=(kms_key_id if encrypted and kms_key_id
+                                else source_snapshot.kms_key_id),
                     from_ami=ami.id,
                 )
                 self.snapshots[copy.id] = copy
@@ -731,7 +737,20 @@ def patch_copy_image_copies_snapshots():
         _set_ami_mappings(ami, mappings, source.root_device_name)
         return ami
 
+    def copy_image_action(self):
+        self.error_on_dryrun()
+        image = self.ec2_backend.copy_image(
+            self._get_param("SourceImageId"),
+            self._get_param("SourceRegion"),
+            self._get_param("Name"),
+            self._get_param("Description"),
+            encrypted=self._get_param("Encrypted") in (True, "true"),
+            kms_key_id=self._get_param("KmsKeyId"),
+        )
+        return ActionResult({"ImageId": image.id})
+
     AmiBackend.copy_image = copy_image
+    AmisResponse.copy_image = copy_image_action
 
 
 # --------------------------------------------------------------------------

@@ -720,5 +720,21 @@ class ImagesTest(EmulatorTestCase):
         self.assertFalse(set(copied_ids) & {m["Ebs"]["SnapshotId"] for m in source["BlockDeviceMappings"]})
 
 
+    def test_copy_image_encrypts_every_copied_snapshot_with_the_given_key(self):
+        _, _, image_id = self.create_server_image()
+        west = self.emulator.client("ec2", "us-west-2")
+        key = self.emulator.client("kms", "us-west-2").create_key()["KeyMetadata"]["Arn"]
+        copy_id = west.copy_image(SourceImageId=image_id, SourceRegion="us-east-1", Name="server-dr-enc",
+                                  Encrypted=True, KmsKeyId=key)["ImageId"]
+        copy = west.describe_images(ImageIds=[copy_id])["Images"][0]
+        copied_ids = [m["Ebs"]["SnapshotId"] for m in copy["BlockDeviceMappings"]]
+        snapshots = west.describe_snapshots(SnapshotIds=copied_ids)["Snapshots"]
+        self.assertEqual([(s["Encrypted"], s["KmsKeyId"]) for s in snapshots], [(True, key)] * 2)
+        plain_id = west.copy_image(SourceImageId=image_id, SourceRegion="us-east-1",
+                                   Name="server-dr-plain")["ImageId"]
+        plain = west.describe_images(ImageIds=[plain_id])["Images"][0]
+        plain_ids = [m["Ebs"]["SnapshotId"] for m in plain["BlockDeviceMappings"]]
+        self.assertFalse(any(s["Encrypted"] for s in west.describe_snapshots(SnapshotIds=plain_ids)["Snapshots"]))
+
 if __name__ == "__main__":
     unittest.main()

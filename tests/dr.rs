@@ -1336,3 +1336,138 @@ async fn an_aws_managed_key_is_the_default_key_in_its_account_and_never_shared_w
         .unwrap();
     assert!(shared.create_volume_permissions().is_empty(), "{shared:?}");
 }
+
+#[tokio::test]
+async fn an_encrypted_ami_is_copied_with_the_key_of_the_same_alias_and_a_mixed_one_is_refused() {
+    use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceType};
+    let x = setup().await;
+    let _dr = dr_workers(&x, 20);
+    let west = config(&x, &production_keys(), WEST).await;
+    let source_key = kms_key_with_alias(&x.config, "alias/safehold-images").await;
+    let other_key = kms_key_with_alias(&x.config, "alias/other-images").await;
+    let west_key = kms_key_with_alias(&west, "alias/safehold-images").await;
+    kms_key_with_alias(&west, "alias/other-images").await;
+    let image = x
+        .ec2
+        .describe_images()
+        .owners("self")
+        .send()
+        .await
+        .unwrap()
+        .images()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    // One instance encrypted with one key, one with two.
+    let encrypted = |device: &str, key: &str| {
+        BlockDeviceMapping::builder()
+            .device_name(device)
+            .ebs(
+                EbsBlockDevice::builder()
+                    .volume_size(8)
+                    .encrypted(true)
+                    .kms_key_id(key)
+                    .build(),
+            )
+            .build()
+    };
+    let mut instances = Vec::new();
+    for mappings in [
+        vec![encrypted("/dev/xvda", &source_key)],
+        vec![
+            encrypted("/dev/xvda", &source_key),
+            encrypted("/dev/sdf", &other_key),
+        ],
+    ] {
+        let run = x
+            .ec2
+            .run_instances()
+            .image_id(&image)
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .set_block_device_mappings(Some(mappings))
+            .send()
+            .await
+            .unwrap();
+        instances.push(run.instances()[0].instance_id().unwrap().to_string());
+    }
+    x.discover().await;
+    let ami_target = |instance: &str| {
+        json!({"type": "ec2_instance", "region": REGION, "resource_id": instance,
+               "instance": {"mode": "ami_without_reboot", "volumes": {"select": "all"}}})
+    };
+
+    let single = x
+        .policy(
+            json!({"name": "one-key", "dr": {"enabled": true, "regions": [WEST]}}),
+            &[ami_target(&instances[0])],
+        )
+        .await;
+    let backup = x.run(&single).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let id = backup["id"].as_str().unwrap();
+    let done = dr_outcome(&x, id).await;
+    assert_eq!(done["dr_status"], "completed", "{done}");
+    let west_ec2 = aws_sdk_ec2::Client::new(&west);
+    let copy = west_ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            Filter::builder()
+                .name("tag:safehold:backup")
+                .values(id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let copy = &copy.images()[0];
+    let snapshot_ids: Vec<String> = copy
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs()?.snapshot_id().map(str::to_owned))
+        .collect();
+    assert!(!snapshot_ids.is_empty(), "{copy:?}");
+    let snapshots = west_ec2
+        .describe_snapshots()
+        .set_snapshot_ids(Some(snapshot_ids))
+        .send()
+        .await
+        .unwrap();
+    for snapshot in snapshots.snapshots() {
+        assert_eq!(snapshot.encrypted(), Some(true));
+        assert_eq!(snapshot.kms_key_id(), Some(west_key.as_str()));
+    }
+
+    let mixed = x
+        .policy(
+            json!({"name": "two-keys", "dr": {"enabled": true, "regions": [WEST]}}),
+            &[ami_target(&instances[1])],
+        )
+        .await;
+    let backup = x.run(&mixed).await;
+    assert_eq!(backup["status"], "successful", "{backup}");
+    let id = backup["id"].as_str().unwrap();
+    let done = dr_outcome(&x, id).await;
+    assert_eq!(done["dr_status"], "failed", "{done}");
+    assert!(
+        log_messages(&done)
+            .iter()
+            .any(|m| m.contains("encrypted with different KMS keys")),
+        "{done}"
+    );
+    let copies = west_ec2
+        .describe_images()
+        .owners("self")
+        .filters(
+            Filter::builder()
+                .name("tag:safehold:backup")
+                .values(id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(copies.images().is_empty(), "{copies:?}");
+}

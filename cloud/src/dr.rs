@@ -13,7 +13,7 @@
 //! the same alias in the destination (the account making the copy, in the
 //! target region); see [`copy_key`] and [`key_rule`] for the cases.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_config::SdkConfig;
 use uuid::Uuid;
@@ -124,7 +124,7 @@ pub struct Copy {
 /// How a copy is encrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyKey {
-    /// As AWS copies it by default: an unencrypted original (and AMIs).
+    /// As AWS copies it by default: an unencrypted original.
     AsOriginal,
     /// With the destination's default key of the service (`alias/aws/ebs`,
     /// `alias/aws/rds`).
@@ -267,42 +267,39 @@ async fn original_key(source: &SdkConfig, order: &CopyOrder) -> Result<Option<St
     };
     match order.kind {
         ArtifactKind::EbsSnapshot => {
+            ebs_snapshot_key(&aws_sdk_ec2::Client::new(source), &order.original_id).await
+        }
+        ArtifactKind::Ami => {
             let ec2 = aws_sdk_ec2::Client::new(source);
-            let original = ec2
-                .describe_snapshots()
-                .filters(ec2_filter("snapshot-id", &[&order.original_id]))
-                .send()
-                .await
-                .map_err(CloudError::from_sdk)?
-                .snapshots()
-                .first()
-                .cloned()
+            let image = own_images(&ec2, vec![ec2_filter("image-id", &[&order.original_id])])
+                .await?
+                .into_iter()
+                .next()
                 .ok_or_else(|| {
                     error(
-                        "InvalidSnapshot.NotFound",
-                        format!("snapshot {} not found", order.original_id),
+                        "InvalidAMIID.NotFound",
+                        format!("image {} not found", order.original_id),
                     )
                 })?;
-            if original.encrypted() != Some(true) {
-                return Ok(None);
+            let mut keys = BTreeSet::new();
+            for snapshot in image
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| m.ebs()?.snapshot_id())
+            {
+                keys.extend(ebs_snapshot_key(&ec2, snapshot).await?);
             }
-            if let Some(key) = original.kms_key_id() {
-                return Ok(Some(key.to_string()));
+            // CopyImage encrypts every snapshot of the copy with one key.
+            if keys.len() > 1 {
+                return Err(error(
+                    "KmsKeyMixed",
+                    format!(
+                        "the snapshots of {} are encrypted with different KMS keys; a copy of an AMI takes one",
+                        order.original_id
+                    ),
+                ));
             }
-            // When AWS did not say, the key of the volume it was taken from.
-            let volume = original.volume_id().ok_or_else(unknown)?;
-            let volumes = ec2
-                .describe_volumes()
-                .filters(ec2_filter("volume-id", &[volume]))
-                .send()
-                .await
-                .map_err(CloudError::from_sdk)?;
-            volumes
-                .volumes()
-                .first()
-                .and_then(|v| v.kms_key_id())
-                .map(|k| Some(k.to_string()))
-                .ok_or_else(unknown)
+            Ok(keys.into_iter().next())
         }
         ArtifactKind::RdsSnapshot => {
             let Some(original) =
@@ -333,12 +330,61 @@ async fn original_key(source: &SdkConfig, order: &CopyOrder) -> Result<Option<St
                 .map(|k| Some(k.to_string()))
                 .ok_or_else(unknown)
         }
-        _ => Ok(None),
+        ArtifactKind::RedshiftSnapshot | ArtifactKind::DynamodbBackup => Ok(None),
     }
 }
 
+/// The KMS key of an encrypted EBS snapshot (none when unencrypted).
+async fn ebs_snapshot_key(
+    ec2: &aws_sdk_ec2::Client,
+    snapshot_id: &str,
+) -> Result<Option<String>, CloudError> {
+    let unknown = || {
+        error(
+            "KmsKeyUnknown",
+            format!("{snapshot_id} is encrypted, but AWS does not say with which KMS key"),
+        )
+    };
+    let original = ec2
+        .describe_snapshots()
+        .filters(ec2_filter("snapshot-id", &[snapshot_id]))
+        .send()
+        .await
+        .map_err(CloudError::from_sdk)?
+        .snapshots()
+        .first()
+        .cloned()
+        .ok_or_else(|| {
+            error(
+                "InvalidSnapshot.NotFound",
+                format!("snapshot {snapshot_id} not found"),
+            )
+        })?;
+    if original.encrypted() != Some(true) {
+        return Ok(None);
+    }
+    if let Some(key) = original.kms_key_id() {
+        return Ok(Some(key.to_string()));
+    }
+    // When AWS did not say, the key of the volume it was taken from.
+    let volume = original.volume_id().ok_or_else(unknown)?;
+    let volumes = ec2
+        .describe_volumes()
+        .filters(ec2_filter("volume-id", &[volume]))
+        .send()
+        .await
+        .map_err(CloudError::from_sdk)?;
+    volumes
+        .volumes()
+        .first()
+        .and_then(|v| v.kms_key_id())
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(unknown)
+}
+
 /// How the copy of `order` into the region of `dest` is encrypted. An
-/// unencrypted original (and an AMI) is copied as it is. For an encrypted
+/// unencrypted original is copied as it is (an AMI is encrypted when its
+/// snapshots are, all with one key). For an encrypted
 /// one, the aliases of its key (in the original's account and region) are
 /// looked up in the destination: a key with the same alias encrypts the
 /// copy. An AWS-managed key becomes the destination's default key within
@@ -390,7 +436,7 @@ pub async fn copy_with_key(
 ) -> Result<Copy, CloudError> {
     match order.kind {
         ArtifactKind::EbsSnapshot => copy_ebs(source, dest, order, key).await,
-        ArtifactKind::Ami => copy_ami(source, dest, order).await,
+        ArtifactKind::Ami => copy_ami(source, dest, order, key).await,
         ArtifactKind::RdsSnapshot => copy_rds(source, dest, order, key).await,
         ArtifactKind::AuroraSnapshot => copy_aurora(source, dest, order, key).await,
         ArtifactKind::RedshiftSnapshot | ArtifactKind::DynamodbBackup => Err(error(
@@ -481,6 +527,7 @@ async fn copy_ami(
     source: &SdkConfig,
     dest: &SdkConfig,
     order: &CopyOrder,
+    key: &CopyKey,
 ) -> Result<Copy, CloudError> {
     let client = aws_sdk_ec2::Client::new(dest);
     let name = order.copy_name();
@@ -502,12 +549,19 @@ async fn copy_ami(
                     format!("image {} not found", order.original_id),
                 )
             })?;
+            let (encrypted, key_id) = match key {
+                CopyKey::AsOriginal => (None, None),
+                CopyKey::DestinationDefault => (Some(true), None),
+                CopyKey::Key(arn) => (Some(true), Some(arn.clone())),
+            };
             let out = client
                 .copy_image()
                 .source_region(&order.source_region)
                 .source_image_id(&order.original_id)
                 .name(&name)
                 .description(order.description(original.description()))
+                .set_encrypted(encrypted)
+                .set_kms_key_id(key_id)
                 .send()
                 .await
                 .map_err(CloudError::from_sdk)?;
