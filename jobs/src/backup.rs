@@ -310,20 +310,30 @@ async fn take_target(
     }
 }
 
-/// An instance keeps one initial AMI, renewed after the organisation's
-/// rotation period (0: never renewed).
+/// The organisation's days between renewals of an instance's initial AMI.
+async fn initial_ami_rotation_days(
+    ctx: &BackupContext,
+    backup: &BackupState,
+) -> anyhow::Result<u32> {
+    Ok(
+        crate::cleanup::tenant_settings(&ctx.cloud.pool, Some(backup.tenant_id.0))
+            .await?
+            .into_iter()
+            .next()
+            .map(|(_, settings)| settings.initial_ami_rotation_days)
+            .unwrap_or(90),
+    )
+}
+
+/// An instance keeps one initial AMI, renewed after `rotation_days`
+/// (0: never renewed).
 async fn needs_initial_ami(
     ctx: &BackupContext,
     backup: &BackupState,
     account: &AccountRow,
     instance: &str,
+    rotation_days: u32,
 ) -> anyhow::Result<bool> {
-    let rotation_days = crate::cleanup::tenant_settings(&ctx.cloud.pool, Some(backup.tenant_id.0))
-        .await?
-        .into_iter()
-        .next()
-        .map(|(_, settings)| settings.initial_ami_rotation_days)
-        .unwrap_or(90);
     let newest: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
         "SELECT max(s.created_at) FROM backup_snapshots s
           WHERE s.tenant_id = $1 AND s.account_id = $2 AND s.kind = 'ami' AND s.source = $3
@@ -507,6 +517,15 @@ async fn take_instance_snapshots(
         create_ms = (started.elapsed() - looking_up).as_millis() as u64,
         "instance snapshots"
     );
+    // Read once per round, and only when some instance keeps an initial AMI.
+    let rotation_days = if targets
+        .iter()
+        .any(|t| instance_options(t).mode == InstanceMode::SnapshotsWithInitialAmi)
+    {
+        initial_ami_rotation_days(ctx, backup).await?
+    } else {
+        0
+    };
     for (target, label, result) in results {
         let key = &target.key;
         let mut artifacts = match result {
@@ -523,7 +542,7 @@ async fn take_instance_snapshots(
             }
         };
         if instance_options(target).mode == InstanceMode::SnapshotsWithInitialAmi
-            && needs_initial_ami(ctx, backup, account, &key.resource_id).await?
+            && needs_initial_ami(ctx, backup, account, &key.resource_id, rotation_days).await?
         {
             match aws::image_instance(config, &label, &key.resource_id, false).await {
                 Ok(image) => artifacts.push(image),
