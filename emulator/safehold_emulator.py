@@ -120,6 +120,26 @@ i. ``patch_shared_db_snapshots``: a manual RDS DB snapshot or Aurora DB
    from the attribute, or not manual, it is ``DBSnapshotNotFound`` /
    ``DBClusterSnapshotNotFoundFault`` for B, and never listed. Requests
    without those parameters, and moto's own lookups, are unchanged.
+j. ``patch_run_instances_image_mappings``: RunInstances launches each
+   instance with "the block device mappings of the AMI, plus those of the
+   request": one volume per EBS mapping of the AMI (patch d), from its
+   snapshot, size, type and DeleteOnTermination, at its device; a request
+   mapping for the same device overrides the AMI's fields (``NoDevice``
+   drops it), other request mappings are added. ``Iops`` of a mapping is
+   honoured (moto drops it, so ``io1``/``io2`` mappings fail), the
+   ``volume`` TagSpecifications tag every such volume, and
+   ``DisableApiTermination`` is kept (DescribeInstanceAttribute
+   ``disableApiTermination``). Launches from AMIs without explicit mappings
+   and without request mappings keep moto's default root volume.
+k. ``patch_create_volume_from_shared_snapshot``: createVolumePermission lets
+   the grantee "create a volume from the snapshot": CreateVolume in account
+   B (and volumes RunInstances makes in B) accept a snapshot of another
+   account that shares it with B (patch c), with the snapshot's size when
+   none is given and its encryption; the volume names it as SnapshotId.
+   Unshared, it stays ``InvalidSnapshot.NotFound``.
+l. ``patch_register_image_architecture_and_tags``: RegisterImage keeps
+   ``Architecture`` (default ``x86_64``) and applies the ``image``
+   TagSpecifications of the request (moto ignores both).
 
 Known remaining difference: the grantee of a shared EBS snapshot also sees
 the owner's tags on it (AWS shows tags to the owner only).
@@ -149,8 +169,10 @@ from moto.ec2.exceptions import EC2ClientError  # noqa: E402
 from moto.ec2.models import ec2_backends  # noqa: E402
 from moto.ec2.models.amis import Ami, AmiBackend  # noqa: E402
 from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot  # noqa: E402
+from moto.ec2.models.instances import InstanceBackend  # noqa: E402
 from moto.ec2.responses.amis import AmisResponse  # noqa: E402
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore  # noqa: E402
+from moto.ec2.responses.instances import InstanceResponse  # noqa: E402
 from moto.ec2.utils import generic_filter, random_snapshot_id  # noqa: E402
 from moto.moto_server.werkzeug_app import (  # noqa: E402
     DomainDispatcherApplication,
@@ -930,6 +952,125 @@ def patch_shared_db_snapshots():
         DBClusterSnapshot, "DBClusterIdentifier", "DBClusterSnapshotIdentifier", "DBClusterSnapshots")
 
 
+# --------------------------------------------------------------------------
+# j. RunInstances creates the AMI's volumes
+# --------------------------------------------------------------------------
+
+
+def _merged_mappings(image_mappings, requested):
+    """The AMI's mappings by device, overridden or extended by the request's."""
+    by_device = {m["DeviceName"]: json.loads(json.dumps(m)) for m in image_mappings or []}
+    for mapping in requested or []:
+        device = mapping.get("DeviceName")
+        if mapping.get("NoDevice") == "":
+            by_device.pop(device, None)
+            continue
+        ebs = {k: v for k, v in (mapping.get("Ebs") or {}).items() if v is not None}
+        merged = by_device.setdefault(device, {"DeviceName": device, "Ebs": {}})
+        merged.setdefault("Ebs", {}).update(ebs)
+    return [m for m in by_device.values() if m.get("Ebs")]
+
+
+def patch_run_instances_image_mappings():
+    """RunInstances makes one volume per EBS mapping of the AMI and of the
+    request (request fields win per device), with Iops and the volume tags;
+    DisableApiTermination is kept."""
+    original_run = InstanceBackend.run_instances
+    original_action = InstanceResponse.run_instances
+    launch = threading.local()
+
+    def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+        try:
+            ami = self.describe_images(ami_ids=[image_id])[0] if image_id else None
+        except EC2ClientError:
+            ami = None
+        image_mappings = getattr(ami, "safehold_block_device_mappings", None)
+        requested = kwargs.get("block_device_mappings")
+        if not image_mappings and not requested:
+            reservation = original_run(self, image_id, count, user_data, security_group_names, **kwargs)
+        else:
+            mappings = _merged_mappings(image_mappings, requested)
+            volume_tags = (kwargs.get("tags") or {}).get("volume", {})
+            kwargs["block_device_mappings"] = []
+            reservation = original_run(self, image_id, count, user_data, security_group_names, **kwargs)
+            for instance in reservation.instances:
+                for mapping in mappings:
+                    ebs = mapping["Ebs"]
+                    volume = self.create_volume(
+                        size=int(ebs["VolumeSize"]) if ebs.get("VolumeSize") else None,
+                        zone_name=instance._placement.zone,
+                        snapshot_id=ebs.get("SnapshotId"),
+                        encrypted=_flag(ebs.get("Encrypted"), False),
+                        kms_key_id=ebs.get("KmsKeyId"),
+                        volume_type=ebs.get("VolumeType"),
+                        iops=int(ebs["Iops"]) if ebs.get("Iops") else None,
+                    )
+                    volume.add_tags(volume_tags)
+                    self.attach_volume(volume.id, instance.id, mapping["DeviceName"],
+                                       _flag(ebs.get("DeleteOnTermination"), True))
+        if getattr(launch, "disable_api_termination", False):
+            for instance in reservation.instances:
+                instance.disable_api_termination = True
+        return reservation
+
+    def run_instances_action(self):
+        launch.disable_api_termination = _flag(self._get_param("DisableApiTermination"), False)
+        try:
+            return original_action(self)
+        finally:
+            launch.disable_api_termination = False
+
+    InstanceBackend.run_instances = run_instances
+    InstanceResponse.run_instances = run_instances_action
+
+
+# --------------------------------------------------------------------------
+# k. volumes from snapshots shared by another account
+# --------------------------------------------------------------------------
+
+
+def patch_create_volume_from_shared_snapshot():
+    """CreateVolume accepts a snapshot another account shares with the
+    caller (createVolumePermission, patch c)."""
+    original_create_volume = EBSBackend.create_volume
+
+    def create_volume(self, size=None, zone_name=None, snapshot_id=None, encrypted=False,
+                      kms_key_id=None, **kwargs):
+        if not snapshot_id or snapshot_id in self.snapshots:
+            return original_create_volume(self, size=size, zone_name=zone_name, snapshot_id=snapshot_id,
+                                          encrypted=encrypted, kms_key_id=kms_key_id, **kwargs)
+        # InvalidSnapshot.NotFound unless shared with this account.
+        snapshot = self.describe_snapshots(snapshot_ids=[snapshot_id])[0]
+        if snapshot.encrypted:
+            encrypted, kms_key_id = True, kms_key_id or snapshot.kms_key_id
+        volume = original_create_volume(
+            self, size=size if size is not None else snapshot.volume_size, zone_name=zone_name,
+            snapshot_id=None, encrypted=encrypted, kms_key_id=kms_key_id, **kwargs)
+        volume.snapshot_id = snapshot_id
+        return volume
+
+    EBSBackend.create_volume = create_volume
+
+
+# --------------------------------------------------------------------------
+# l. RegisterImage architecture and tags
+# --------------------------------------------------------------------------
+
+
+def patch_register_image_architecture_and_tags():
+    """RegisterImage keeps Architecture and the ``image`` TagSpecifications."""
+    original_action = AmisResponse.register_image
+
+    def register_image_action(self):
+        result = original_action(self)
+        image = self.ec2_backend.describe_images(ami_ids=[result.result["ImageId"]])[0]
+        image.architecture = self._get_param("Architecture") or "x86_64"
+        image.add_tags(self._parse_tag_specification().get("image", {}))
+        return result
+
+    AmisResponse.register_image = register_image_action
+
+
 def install_patches(settings):
     """Apply every patch, in an order where wrappers see their base. Patch a
     (``FaultInjector``) and the request check of patch g
@@ -940,6 +1081,9 @@ def install_patches(settings):
     patch_register_image_block_device_mappings()
     patch_create_image_snapshots_volumes()
     patch_copy_image_copies_snapshots()
+    patch_register_image_architecture_and_tags()
+    patch_run_instances_image_mappings()
+    patch_create_volume_from_shared_snapshot()
     patch_root_access_keys(settings)
     patch_shared_db_snapshots()
 

@@ -736,5 +736,97 @@ class ImagesTest(EmulatorTestCase):
         plain_ids = [m["Ebs"]["SnapshotId"] for m in plain["BlockDeviceMappings"]]
         self.assertFalse(any(s["Encrypted"] for s in west.describe_snapshots(SnapshotIds=plain_ids)["Snapshots"]))
 
+
+class RecoveryLaunchTest(EmulatorTestCase):
+    """Patches j, k and l: what a recovery from snapshots relies on."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.vault = cls.emulator.credentials_of(ACCOUNT_B)
+        cls.vault_ec2 = cls.emulator.client("ec2", credentials=cls.vault)
+
+    def register(self, ec2, root, data=None, **extra):
+        mappings = [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": root}}]
+        if data:
+            mappings.append({"DeviceName": "/dev/sdf", "Ebs": {
+                "SnapshotId": data, "VolumeType": "io1", "Iops": 300, "DeleteOnTermination": False}})
+        return ec2.register_image(Name=f"recovered-{root}", RootDeviceName="/dev/xvda",
+                                  VirtualizationType="hvm", BlockDeviceMappings=mappings, **extra)["ImageId"]
+
+    def volumes_of(self, ec2, instance_id):
+        volumes = ec2.describe_volumes(
+            Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}])["Volumes"]
+        return {v["Attachments"][0]["Device"]: v for v in volumes}
+
+    def test_register_image_keeps_architecture_and_tags(self):
+        root = self.new_snapshot()["SnapshotId"]
+        image_id = self.register(self.ec2, root, Architecture="arm64", TagSpecifications=[
+            {"ResourceType": "image", "Tags": [{"Key": "safehold:recovery", "Value": "r-1"}]}])
+        image = self.ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        self.assertEqual(image["Architecture"], "arm64")
+        self.assertEqual(image["Tags"], [{"Key": "safehold:recovery", "Value": "r-1"}])
+
+    def test_run_instances_creates_the_image_volumes_and_the_requested_ones(self):
+        root = self.new_snapshot(size=10)["SnapshotId"]
+        data = self.new_snapshot(size=30)["SnapshotId"]
+        extra = self.new_snapshot(size=5)["SnapshotId"]
+        image_id = self.register(self.ec2, root, data)
+        instance = self.ec2.run_instances(
+            ImageId=image_id, MinCount=1, MaxCount=1, DisableApiTermination=True,
+            Placement={"AvailabilityZone": "us-east-1b"},
+            BlockDeviceMappings=[
+                {"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 12}},
+                {"DeviceName": "/dev/sdg", "Ebs": {"SnapshotId": extra, "VolumeType": "io2", "Iops": 1000,
+                                                   "DeleteOnTermination": True}},
+            ],
+            TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "team", "Value": "db"}]}],
+        )["Instances"][0]
+        volumes = self.volumes_of(self.ec2, instance["InstanceId"])
+        self.assertEqual(sorted(volumes), ["/dev/sdf", "/dev/sdg", "/dev/xvda"])
+        described = self.ec2.describe_instances(InstanceIds=[instance["InstanceId"]])
+        delete_on_termination = {m["DeviceName"]: m["Ebs"]["DeleteOnTermination"] for m in
+                                 described["Reservations"][0]["Instances"][0]["BlockDeviceMappings"]}
+        shape = {d: (v["SnapshotId"], v["Size"], v["VolumeType"], v.get("Iops"), v["AvailabilityZone"],
+                     delete_on_termination[d]) for d, v in volumes.items()}
+        self.assertEqual(shape["/dev/xvda"][:3], (root, 12, "gp2"))
+        self.assertEqual(shape["/dev/sdf"], (data, 30, "io1", 300, "us-east-1b", False))
+        self.assertEqual(shape["/dev/sdg"], (extra, 5, "io2", 1000, "us-east-1b", True))
+        for volume in volumes.values():
+            self.assertIn({"Key": "team", "Value": "db"}, volume["Tags"])
+        attribute = self.ec2.describe_instance_attribute(
+            InstanceId=instance["InstanceId"], Attribute="disableApiTermination")
+        self.assertTrue(attribute["DisableApiTermination"]["Value"])
+
+    def test_no_device_drops_an_image_mapping(self):
+        image_id = self.register(self.ec2, self.new_snapshot()["SnapshotId"], self.new_snapshot()["SnapshotId"])
+        instance_id = self.ec2.run_instances(
+            ImageId=image_id, MinCount=1, MaxCount=1,
+            BlockDeviceMappings=[{"DeviceName": "/dev/sdf", "NoDevice": ""}])["Instances"][0]["InstanceId"]
+        self.assertEqual(sorted(self.volumes_of(self.ec2, instance_id)), ["/dev/xvda"])
+
+    def share(self, snapshot_id):
+        self.ec2.modify_snapshot_attribute(
+            SnapshotId=snapshot_id, Attribute="createVolumePermission",
+            OperationType="add", UserIds=[ACCOUNT_B])
+
+    def test_grantee_creates_volumes_and_images_from_a_shared_snapshot(self):
+        snapshot_id = self.new_snapshot(size=9)["SnapshotId"]
+        with self.assertRaises(ClientError) as caught:
+            self.vault_ec2.create_volume(SnapshotId=snapshot_id, AvailabilityZone="us-east-1a")
+        self.assertEqual(caught.exception.response["Error"]["Code"], "InvalidSnapshot.NotFound")
+        self.share(snapshot_id)
+        volume = self.vault_ec2.create_volume(SnapshotId=snapshot_id, AvailabilityZone="us-east-1a")
+        self.assertEqual((volume["Size"], volume["SnapshotId"]), (9, snapshot_id))
+        image_id = self.register(self.vault_ec2, snapshot_id)
+        instance_id = self.vault_ec2.run_instances(
+            ImageId=image_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        root = self.volumes_of(self.vault_ec2, instance_id)["/dev/xvda"]
+        self.assertEqual((root["SnapshotId"], root["Size"]), (snapshot_id, 9))
+        # The owner's snapshot is untouched and still the owner's.
+        self.assertEqual(self.ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"][0]["OwnerId"],
+                         ACCOUNT_A)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -122,9 +122,14 @@ async fn background(cloud: safehold_cloud::resolve::Cloud, stop: watch::Receiver
         cloud: cloud.clone(),
         settings: safehold_jobs::dr::DrWorkerSettings::from_env(),
     };
+    let recoveries = safehold_jobs::recovery::RecoveryContext {
+        cloud: cloud.clone(),
+        settings: safehold_jobs::recovery::RecoverySettings::from_env(),
+    };
     tokio::join!(
         projector.run(stop.clone()),
         safehold_jobs::dr::run_workers(dr, stop.clone()),
+        safehold_jobs::recovery::run_workers(recoveries, stop.clone()),
         safehold_jobs::scheduler::run(cloud.pool.clone(), stop.clone()),
         safehold_jobs::cleanup::run(backups.clone(), stop.clone()),
         safehold_jobs::backup::run_workers(backups, stop.clone()),

@@ -8,9 +8,11 @@ use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 use postgres_es::{PostgresCqrs, PostgresEventRepository};
 use safehold_domain::account::{Account, AccountCommand};
+use safehold_domain::backup::BackupState;
 use safehold_domain::backup::{Backup, BackupCommand};
 use safehold_domain::ids::stream_id;
 use safehold_domain::policy::{Policy, PolicyCommand, PolicyState};
+use safehold_domain::recovery::{Recovery, RecoveryCommand};
 use safehold_domain::schedule::{Schedule, ScheduleCommand};
 use safehold_domain::tenant::{Tenant, TenantCommand, TenantState};
 use safehold_domain::user::{User, UserCommand, UserState};
@@ -30,6 +32,7 @@ pub struct Commands {
     policies: PostgresCqrs<Policy>,
     schedules: PostgresCqrs<Schedule>,
     backups: PostgresCqrs<Backup>,
+    recoveries: PostgresCqrs<Recovery>,
 }
 
 fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> PostgresCqrs<A> {
@@ -49,6 +52,7 @@ impl Commands {
             policies: framework(&pool),
             schedules: framework(&pool),
             backups: framework(&pool),
+            recoveries: framework(&pool),
             pool,
         }
     }
@@ -147,6 +151,29 @@ impl Commands {
     ) -> Result<(), ApiError> {
         let stream = stream_id(meta.tenant_id, backup);
         self.run(&self.backups, stream, command, meta).await
+    }
+
+    pub async fn recovery(
+        &self,
+        meta: &CommandMetadata,
+        recovery: uuid::Uuid,
+        command: RecoveryCommand,
+    ) -> Result<(), ApiError> {
+        let stream = stream_id(meta.tenant_id, recovery);
+        self.run(&self.recoveries, stream, command, meta).await
+    }
+
+    /// The current state of a backup, from the event log.
+    pub async fn load_backup(
+        &self,
+        tenant: TenantId,
+        backup: uuid::Uuid,
+    ) -> Result<Option<BackupState>, ApiError> {
+        let context = store::<Backup>(&self.pool)
+            .load_aggregate(&stream_id(tenant, backup))
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(context.aggregate.state)
     }
 
     /// The current state of a live policy, from the event log.

@@ -4,7 +4,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    accounts, audit, auth, backups, health, me, policies, schedules, settings, signup, users,
+    accounts, audit, auth, backups, health, me, policies, recoveries, schedules, settings, signup,
+    users,
 };
 
 struct BearerAuth;
@@ -53,6 +54,8 @@ impl Modify for BearerAuth {
         policies::remove_target, policies::attach_schedule, policies::detach_schedule,
         policies::run_policy,
         backups::list_backups, backups::get_backup, backups::freeze_backup, backups::list_freezer,
+        recoveries::recovery_panel, recoveries::start_recovery, recoveries::list_recoveries,
+        recoveries::get_recovery,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -65,6 +68,7 @@ impl Modify for BearerAuth {
         (name = "schedules", description = "When policies run, in the organisation's time zone"),
         (name = "policies", description = "What is backed up, how often and how long it is kept"),
         (name = "backups", description = "The backup monitor, each backup's snapshots and log, and the freezer"),
+        (name = "recoveries", description = "Recovering from backups and DR copies, and the recovery monitor"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

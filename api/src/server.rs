@@ -11,7 +11,8 @@ use crate::body;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::routes::{
-    accounts, audit, auth, backups, health, me, policies, schedules, settings, signup, users,
+    accounts, audit, auth, backups, health, me, policies, recoveries, schedules, settings, signup,
+    users,
 };
 use crate::state::AppState;
 
@@ -70,6 +71,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(backups::get_backup)
         .service(backups::freeze_backup)
         .service(backups::list_freezer)
+        .service(recoveries::recovery_panel)
+        .service(recoveries::start_recovery)
+        .service(recoveries::list_recoveries)
+        .service(recoveries::get_recovery)
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi()));
 }
 

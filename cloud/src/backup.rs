@@ -253,7 +253,7 @@ pub(crate) fn rds_tag_map(tags: &[aws_sdk_rds::types::Tag]) -> BTreeMap<String, 
     tag_map(tags.iter().map(|t| (t.key(), t.value())))
 }
 
-fn redshift_tag_map(tags: &[aws_sdk_redshift::types::Tag]) -> BTreeMap<String, String> {
+pub(crate) fn redshift_tag_map(tags: &[aws_sdk_redshift::types::Tag]) -> BTreeMap<String, String> {
     tag_map(tags.iter().map(|t| (t.key(), t.value())))
 }
 
@@ -275,7 +275,7 @@ pub(crate) fn rds_tags(tags: &[(String, String)]) -> Vec<aws_sdk_rds::types::Tag
         .collect()
 }
 
-fn redshift_tags(tags: &[(String, String)]) -> Vec<aws_sdk_redshift::types::Tag> {
+pub(crate) fn redshift_tags(tags: &[(String, String)]) -> Vec<aws_sdk_redshift::types::Tag> {
     tags.iter()
         .map(|(k, v)| {
             aws_sdk_redshift::types::Tag::builder()
@@ -384,7 +384,7 @@ fn dynamodb_state(status: Option<&aws_sdk_dynamodb::types::BackupStatus>) -> Art
 // EC2
 // ---------------------------------------------------------------------------
 
-async fn describe_instance(
+pub(crate) async fn describe_instance(
     client: &aws_sdk_ec2::Client,
     instance_id: &str,
 ) -> Result<aws_sdk_ec2::types::Instance, CloudError> {
@@ -629,7 +629,7 @@ pub async fn snapshot_instance(
 /// The instances among `batch`: looked up by id, and when one of them no
 /// longer exists (AWS then fails the whole call) by a filter, which leaves
 /// unknown ids out.
-async fn describe_instance_batch(
+pub(crate) async fn describe_instance_batch(
     client: &aws_sdk_ec2::Client,
     batch: &[String],
 ) -> Result<Vec<aws_sdk_ec2::types::Instance>, CloudError> {
@@ -697,6 +697,75 @@ pub async fn describe_live_instances(
         }
     }
     Ok(live)
+}
+
+/// A snapshot's tags.
+pub async fn snapshot_tags(
+    config: &SdkConfig,
+    snapshot_id: &str,
+) -> Result<BTreeMap<String, String>, CloudError> {
+    let out = aws_sdk_ec2::Client::new(config)
+        .describe_snapshots()
+        .snapshot_ids(snapshot_id)
+        .send()
+        .await
+        .map_err(CloudError::from_sdk)?;
+    Ok(out
+        .snapshots()
+        .first()
+        .map(|s| ec2_tag_map(s.tags()))
+        .unwrap_or_default())
+}
+
+/// What a backup records about an instance for its recovery defaults.
+pub fn instance_record(
+    instance: &aws_sdk_ec2::types::Instance,
+) -> safehold_domain::source::InstanceRecord {
+    let text = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+    safehold_domain::source::InstanceRecord {
+        instance_type: instance
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        image_id: text(instance.image_id()),
+        key_name: text(instance.key_name()),
+        availability_zone: text(instance.placement().and_then(|p| p.availability_zone())),
+        subnet_id: text(instance.subnet_id()),
+        vpc_id: text(instance.vpc_id()),
+        private_ip: text(instance.private_ip_address()),
+        security_group_ids: instance
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect(),
+        public_ip: instance.public_ip_address().is_some(),
+        root_device_name: text(instance.root_device_name()),
+        architecture: instance.architecture().map(|a| a.as_str().to_string()),
+        platform: instance.platform().map(|p| p.as_str().to_string()),
+        ebs_optimized: instance.ebs_optimized().unwrap_or(false),
+        monitoring: instance
+            .monitoring()
+            .and_then(|m| m.state())
+            .is_some_and(|s| s.as_str() == "enabled"),
+        tenancy: instance
+            .placement()
+            .and_then(|p| p.tenancy())
+            .map(|t| t.as_str().to_string()),
+        instance_profile_arn: text(instance.iam_instance_profile().and_then(|p| p.arn())),
+        tags: ec2_tag_map(instance.tags()),
+        volumes: instance
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| {
+                let ebs = m.ebs()?;
+                Some(safehold_domain::source::InstanceVolume {
+                    device: m.device_name()?.to_string(),
+                    volume_id: ebs.volume_id()?.to_string(),
+                    delete_on_termination: ebs.delete_on_termination().unwrap_or(false),
+                })
+            })
+            .collect(),
+    }
 }
 
 /// The EBS snapshots an earlier attempt already made for a backup in this
@@ -1580,7 +1649,7 @@ pub async fn mark_expired(
     }
 }
 
-fn region(config: &SdkConfig) -> String {
+pub(crate) fn region(config: &SdkConfig) -> String {
     config
         .region()
         .map(|r| r.to_string())
@@ -1588,7 +1657,9 @@ fn region(config: &SdkConfig) -> String {
 }
 
 /// The partition and account of the credentials, from STS.
-async fn partition_and_account(config: &SdkConfig) -> Result<(String, String), CloudError> {
+pub(crate) async fn partition_and_account(
+    config: &SdkConfig,
+) -> Result<(String, String), CloudError> {
     let identity = caller_identity(config).await?;
     let partition = identity
         .arn

@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod fleet;
 pub mod inventory;
 pub mod permissions;
+pub mod recovery;
 pub mod resolve;
 pub mod secrets;
 

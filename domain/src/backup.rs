@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::policy::InstanceMode;
 use crate::policy::{DrSettings, SuccessCriterion, Target, TargetKey, Trigger};
+use crate::source::SourceRecord;
 use crate::{DomainError, TenantId};
 
 /// What Safehold made in AWS for a target.
@@ -89,6 +90,9 @@ pub struct TargetRun {
     pub progress: TargetProgress,
     /// AWS id → snapshot and its state.
     pub snapshots: BTreeMap<String, (Snapshot, SnapshotState)>,
+    /// What the source was like when it was taken (recovery defaults).
+    #[serde(default)]
+    pub source: Option<SourceRecord>,
 }
 
 impl TargetRun {
@@ -453,6 +457,8 @@ pub enum BackupCommand {
     /// one per target. Targets already reported are left as they are.
     RecordTaken {
         taken: Vec<(TargetKey, Vec<Snapshot>)>,
+        /// What the taken sources were like, for recovery.
+        sources: Vec<(TargetKey, SourceRecord)>,
     },
     RecordTargetFailed {
         target: TargetKey,
@@ -539,6 +545,11 @@ pub enum BackupEvent {
         snapshots: Vec<Snapshot>,
     },
     TakingStarted,
+    /// The configuration of sources at backup time, recorded with their
+    /// snapshots so a recovery has its defaults after the source is gone.
+    SourcesRecorded {
+        sources: Vec<(TargetKey, SourceRecord)>,
+    },
     TargetFailed {
         target: TargetKey,
         error: String,
@@ -627,6 +638,7 @@ impl DomainEvent for BackupEvent {
             BackupEvent::BackupCompleted { .. } => "BackupCompleted",
             BackupEvent::BackupFrozen(_) => "BackupFrozen",
             BackupEvent::TakingStarted => "TakingStarted",
+            BackupEvent::SourcesRecorded { .. } => "SourcesRecorded",
             BackupEvent::BackupDeleted { .. } => "BackupDeleted",
             BackupEvent::InitialAmiKept { .. } => "InitialAmiKept",
             BackupEvent::InitialAmiDeleted { .. } => "InitialAmiDeleted",
@@ -698,6 +710,9 @@ impl BackupEvent {
                 format!("Moved to the freezer as {}", entry.name)
             }
             BackupEvent::TakingStarted => "Taking snapshots".into(),
+            BackupEvent::SourcesRecorded { sources } => {
+                format!("Recorded the configuration of {} source(s)", sources.len())
+            }
             BackupEvent::BackupDeleted { marked_only, .. } => if *marked_only {
                 "Expired: its AWS objects were tagged as expired (deletion not allowed there)"
             } else {
@@ -820,22 +835,9 @@ impl Aggregate for Backup {
         _: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let events = match command {
-            BackupCommand::Begin {
-                id,
-                tenant_id,
-                policy_id,
-                policy_name,
-                account_id,
-                trigger,
-                success_criterion,
-                targets,
-            } => {
-                if self.state.is_some() {
-                    // A repeated start of the same backup.
-                    return Ok(());
-                }
-                let begun = BackupEvent::BackupBegun {
+        let events =
+            match command {
+                BackupCommand::Begin {
                     id,
                     tenant_id,
                     policy_id,
@@ -843,351 +845,377 @@ impl Aggregate for Backup {
                     account_id,
                     trigger,
                     success_criterion,
-                    targets: targets.clone(),
-                };
-                if targets.is_empty() {
-                    vec![
-                        begun,
-                        BackupEvent::BackupCompleted {
-                            status: BackupStatus::Failed,
-                        },
-                    ]
-                } else {
-                    vec![begun]
-                }
-            }
-            BackupCommand::RecordSnapshots { target, snapshots } => {
-                let state = self.running()?;
-                let run = state
-                    .target(&target)
-                    .ok_or(DomainError::NotFound("target"))?;
-                if run.progress != TargetProgress::Waiting {
-                    return Ok(());
-                }
-                with_outcome(
-                    state,
-                    vec![BackupEvent::SnapshotsTaken { target, snapshots }],
-                )
-            }
-            BackupCommand::StartTaking => {
-                let state = self.running()?;
-                if state.taking_started {
-                    // Tells the round that an earlier one may have created
-                    // objects it has not recorded.
-                    return Err(DomainError::conflict(
-                        "taking_started",
-                        "an earlier round has begun taking snapshots",
-                    ));
-                }
-                vec![BackupEvent::TakingStarted]
-            }
-            BackupCommand::RecordTaken { taken } => {
-                let state = self.running()?;
-                if taken.iter().any(|(t, _)| state.target(t).is_none()) {
-                    return Err(DomainError::NotFound("target"));
-                }
-                let mut seen = std::collections::HashSet::new();
-                let events = taken
-                    .into_iter()
-                    .filter(|(target, _)| {
-                        state
-                            .target(target)
-                            .is_some_and(|run| run.progress == TargetProgress::Waiting)
-                            && seen.insert(target.clone())
-                    })
-                    .map(|(target, snapshots)| BackupEvent::SnapshotsTaken { target, snapshots })
-                    .collect();
-                with_outcome(state, events)
-            }
-            BackupCommand::RecordTargetFailed { target, error } => {
-                let state = self.running()?;
-                let run = state
-                    .target(&target)
-                    .ok_or(DomainError::NotFound("target"))?;
-                if run.progress != TargetProgress::Waiting {
-                    return Ok(());
-                }
-                with_outcome(state, vec![BackupEvent::TargetFailed { target, error }])
-            }
-            BackupCommand::RecordTargetVanished {
-                target,
-                removed_from_policy,
-            } => {
-                let state = self.running()?;
-                let run = state
-                    .target(&target)
-                    .ok_or(DomainError::NotFound("target"))?;
-                if run.progress != TargetProgress::Waiting {
-                    return Ok(());
-                }
-                with_outcome(
-                    state,
-                    vec![BackupEvent::TargetVanished {
-                        target,
-                        removed_from_policy,
-                    }],
-                )
-            }
-            BackupCommand::RecordSnapshotStates { states } => {
-                let state = self.running()?;
-                let pending: Vec<&str> = state.pending().map(|s| s.id.as_str()).collect();
-                let events = states
-                    .into_iter()
-                    .filter(|(id, _)| pending.contains(&id.as_str()))
-                    .filter_map(|(id, s)| match s {
-                        SnapshotState::Pending => None,
-                        SnapshotState::Completed => Some(BackupEvent::SnapshotCompleted { id }),
-                        SnapshotState::Failed => Some(BackupEvent::SnapshotFailed {
-                            id,
-                            reason: "AWS reported it failed or missing".into(),
-                        }),
-                    })
-                    .collect();
-                with_outcome(state, events)
-            }
-            BackupCommand::TimeOut => {
-                let state = self.running()?;
-                let mut events: Vec<_> = state
-                    .pending()
-                    .map(|s| BackupEvent::SnapshotFailed {
-                        id: s.id.clone(),
-                        reason: "not completed before the timeout".into(),
-                    })
-                    .collect();
-                events.extend(
-                    state
-                        .targets
-                        .iter()
-                        .filter(|t| t.progress == TargetProgress::Waiting)
-                        .map(|t| BackupEvent::TargetFailed {
-                            target: t.target.key.clone(),
-                            error: "not started before the timeout".into(),
-                        }),
-                );
-                with_outcome(state, events)
-            }
-            BackupCommand::Freeze(entry) => {
-                let state = self.live()?;
-                if state.status == BackupStatus::InProgress {
-                    return Err(DomainError::conflict(
-                        "backup_in_progress",
-                        "a backup can be frozen once it has finished",
-                    ));
-                }
-                let name = entry.name.trim().to_string();
-                if name.is_empty() || name.len() > 100 {
-                    return Err(DomainError::invalid(
-                        "name",
-                        "invalid_value",
-                        "must be 1-100 characters",
-                    ));
-                }
-                if entry.description.len() > 1000 {
-                    return Err(DomainError::invalid(
-                        "description",
-                        "invalid_value",
-                        "at most 1000 characters",
-                    ));
-                }
-                if state.frozen.is_some() {
-                    return Err(DomainError::conflict(
-                        "already_frozen",
-                        "the backup is already in the freezer",
-                    ));
-                }
-                vec![BackupEvent::BackupFrozen(FreezerEntry {
-                    name,
-                    description: entry.description,
-                })]
-            }
-            BackupCommand::DecideDr {
-                settings,
-                successful_before,
-                now,
-            } => {
-                let state = self.live()?;
-                if state.status != BackupStatus::Successful
-                    || state.dr.is_some()
-                    || !settings.enabled
-                {
-                    return Ok(());
-                }
-                decide_dr(state, &settings, successful_before, now)
-            }
-            BackupCommand::RecordDrCopy(copy) => {
-                let state = self.live()?;
-                let dr = dr_running(state)?;
-                let wanted = state
-                    .dr_wanted()
-                    .iter()
-                    .any(|(s, r)| s.id == copy.original_id && *r == copy.region);
-                if !wanted {
-                    return Err(DomainError::NotFound("snapshot to copy"));
-                }
-                if dr.copy(&copy.original_id, &copy.region).is_some()
-                    || dr.failed(&copy.original_id, &copy.region)
-                {
-                    return Ok(());
-                }
-                with_dr_outcome(state, vec![BackupEvent::DrCopyStarted(copy)])
-            }
-            BackupCommand::RecordDrCopyFailed {
-                original_id,
-                region,
-                reason,
-            } => {
-                let state = self.live()?;
-                let dr = dr_running(state)?;
-                if dr.failed(&original_id, &region)
-                    || dr
-                        .copy(&original_id, &region)
-                        .is_some_and(|c| c.state != SnapshotState::Pending)
-                {
-                    return Ok(());
-                }
-                with_dr_outcome(
-                    state,
-                    vec![BackupEvent::DrCopyFailed {
-                        original_id,
-                        region,
-                        reason,
-                    }],
-                )
-            }
-            BackupCommand::RecordDrCopyStates { states } => {
-                let state = self.live()?;
-                let dr = dr_running(state)?;
-                let events = states
-                    .into_iter()
-                    .filter_map(|(copy_id, region, to)| {
-                        let run = dr
-                            .pending()
-                            .find(|c| c.copy_id == copy_id && c.region == region)?;
-                        match to {
-                            SnapshotState::Pending => None,
-                            SnapshotState::Completed => {
-                                Some(BackupEvent::DrCopyCompleted { copy_id, region })
-                            }
-                            SnapshotState::Failed => Some(BackupEvent::DrCopyFailed {
-                                original_id: run.original_id.clone(),
-                                region,
-                                reason: format!("AWS reported copy {copy_id} failed or missing"),
-                            }),
-                        }
-                    })
-                    .collect();
-                with_dr_outcome(state, events)
-            }
-            BackupCommand::DrTimeOut { now } => {
-                let state = self.live()?;
-                let dr = dr_running(state)?;
-                if now < dr.deadline {
-                    return Ok(());
-                }
-                let events = state
-                    .dr_wanted()
-                    .into_iter()
-                    .filter(|(s, region)| {
-                        !dr.failed(&s.id, region)
-                            && dr
-                                .copy(&s.id, region)
-                                .is_none_or(|c| c.state == SnapshotState::Pending)
-                    })
-                    .map(|(s, region)| BackupEvent::DrCopyFailed {
-                        original_id: s.id.clone(),
-                        region: region.to_string(),
-                        reason: "not completed before the disaster-recovery timeout".into(),
-                    })
-                    .collect();
-                with_dr_outcome(state, events)
-            }
-            BackupCommand::RecordDrOriginalsDeleted { ids } => {
-                let state = self.state.as_ref().ok_or(DomainError::NotFound("backup"))?;
-                let Some(dr) = &state.dr else {
-                    return Ok(());
-                };
-                let ids: Vec<String> = ids
-                    .into_iter()
-                    .filter(|id| !dr.originals_deleted.contains(id))
-                    .collect();
-                if ids.is_empty() {
-                    return Ok(());
-                }
-                vec![BackupEvent::DrOriginalsDeleted { ids }]
-            }
-            BackupCommand::RecordDrCopiesDeleted { marked_only } => {
-                let state = self.state.as_ref().ok_or(DomainError::NotFound("backup"))?;
-                match &state.dr {
-                    Some(dr) if !dr.copies_deleted && !dr.copies.is_empty() => {
-                        vec![BackupEvent::DrCopiesDeleted { marked_only }]
+                    targets,
+                } => {
+                    if self.state.is_some() {
+                        // A repeated start of the same backup.
+                        return Ok(());
                     }
-                    _ => return Ok(()),
+                    let begun = BackupEvent::BackupBegun {
+                        id,
+                        tenant_id,
+                        policy_id,
+                        policy_name,
+                        account_id,
+                        trigger,
+                        success_criterion,
+                        targets: targets.clone(),
+                    };
+                    if targets.is_empty() {
+                        vec![
+                            begun,
+                            BackupEvent::BackupCompleted {
+                                status: BackupStatus::Failed,
+                            },
+                        ]
+                    } else {
+                        vec![begun]
+                    }
                 }
-            }
-            BackupCommand::RecordDeleted {
-                marked_only,
-                kept,
-                at,
-            } => {
-                let Some(state) = self.state.as_ref() else {
-                    return Err(DomainError::NotFound("backup"));
-                };
-                if state.deleted {
-                    return Ok(());
+                BackupCommand::RecordSnapshots { target, snapshots } => {
+                    let state = self.running()?;
+                    let run = state
+                        .target(&target)
+                        .ok_or(DomainError::NotFound("target"))?;
+                    if run.progress != TargetProgress::Waiting {
+                        return Ok(());
+                    }
+                    with_outcome(
+                        state,
+                        vec![BackupEvent::SnapshotsTaken { target, snapshots }],
+                    )
                 }
-                if let Some(id) = kept.iter().find(|id| !state.is_initial_ami(id)) {
-                    return Err(DomainError::invalid(
-                        "kept",
-                        "invalid_value",
-                        format!("{id} is not a completed initial AMI of this backup"),
-                    ));
+                BackupCommand::StartTaking => {
+                    let state = self.running()?;
+                    if state.taking_started {
+                        // Tells the round that an earlier one may have created
+                        // objects it has not recorded.
+                        return Err(DomainError::conflict(
+                            "taking_started",
+                            "an earlier round has begun taking snapshots",
+                        ));
+                    }
+                    vec![BackupEvent::TakingStarted]
                 }
-                let kept: BTreeSet<String> = kept.into_iter().collect();
-                let mut events: Vec<_> = kept
-                    .into_iter()
-                    .map(|id| BackupEvent::InitialAmiKept { id })
-                    .collect();
-                events.push(BackupEvent::BackupDeleted {
+                BackupCommand::RecordTaken { taken, sources } => {
+                    let state = self.running()?;
+                    if taken.iter().any(|(t, _)| state.target(t).is_none()) {
+                        return Err(DomainError::NotFound("target"));
+                    }
+                    let mut seen = std::collections::HashSet::new();
+                    let taken: Vec<_> = taken
+                        .into_iter()
+                        .filter(|(target, _)| {
+                            state
+                                .target(target)
+                                .is_some_and(|run| run.progress == TargetProgress::Waiting)
+                                && seen.insert(target.clone())
+                        })
+                        .collect();
+                    let sources: Vec<_> = sources
+                        .into_iter()
+                        .filter(|(target, _)| seen.contains(target))
+                        .collect();
+                    let mut events = Vec::with_capacity(taken.len() + 1);
+                    if !sources.is_empty() {
+                        events.push(BackupEvent::SourcesRecorded { sources });
+                    }
+                    events.extend(taken.into_iter().map(|(target, snapshots)| {
+                        BackupEvent::SnapshotsTaken { target, snapshots }
+                    }));
+                    with_outcome(state, events)
+                }
+                BackupCommand::RecordTargetFailed { target, error } => {
+                    let state = self.running()?;
+                    let run = state
+                        .target(&target)
+                        .ok_or(DomainError::NotFound("target"))?;
+                    if run.progress != TargetProgress::Waiting {
+                        return Ok(());
+                    }
+                    with_outcome(state, vec![BackupEvent::TargetFailed { target, error }])
+                }
+                BackupCommand::RecordTargetVanished {
+                    target,
+                    removed_from_policy,
+                } => {
+                    let state = self.running()?;
+                    let run = state
+                        .target(&target)
+                        .ok_or(DomainError::NotFound("target"))?;
+                    if run.progress != TargetProgress::Waiting {
+                        return Ok(());
+                    }
+                    with_outcome(
+                        state,
+                        vec![BackupEvent::TargetVanished {
+                            target,
+                            removed_from_policy,
+                        }],
+                    )
+                }
+                BackupCommand::RecordSnapshotStates { states } => {
+                    let state = self.running()?;
+                    let pending: Vec<&str> = state.pending().map(|s| s.id.as_str()).collect();
+                    let events = states
+                        .into_iter()
+                        .filter(|(id, _)| pending.contains(&id.as_str()))
+                        .filter_map(|(id, s)| match s {
+                            SnapshotState::Pending => None,
+                            SnapshotState::Completed => Some(BackupEvent::SnapshotCompleted { id }),
+                            SnapshotState::Failed => Some(BackupEvent::SnapshotFailed {
+                                id,
+                                reason: "AWS reported it failed or missing".into(),
+                            }),
+                        })
+                        .collect();
+                    with_outcome(state, events)
+                }
+                BackupCommand::TimeOut => {
+                    let state = self.running()?;
+                    let mut events: Vec<_> = state
+                        .pending()
+                        .map(|s| BackupEvent::SnapshotFailed {
+                            id: s.id.clone(),
+                            reason: "not completed before the timeout".into(),
+                        })
+                        .collect();
+                    events.extend(
+                        state
+                            .targets
+                            .iter()
+                            .filter(|t| t.progress == TargetProgress::Waiting)
+                            .map(|t| BackupEvent::TargetFailed {
+                                target: t.target.key.clone(),
+                                error: "not started before the timeout".into(),
+                            }),
+                    );
+                    with_outcome(state, events)
+                }
+                BackupCommand::Freeze(entry) => {
+                    let state = self.live()?;
+                    if state.status == BackupStatus::InProgress {
+                        return Err(DomainError::conflict(
+                            "backup_in_progress",
+                            "a backup can be frozen once it has finished",
+                        ));
+                    }
+                    let name = entry.name.trim().to_string();
+                    if name.is_empty() || name.len() > 100 {
+                        return Err(DomainError::invalid(
+                            "name",
+                            "invalid_value",
+                            "must be 1-100 characters",
+                        ));
+                    }
+                    if entry.description.len() > 1000 {
+                        return Err(DomainError::invalid(
+                            "description",
+                            "invalid_value",
+                            "at most 1000 characters",
+                        ));
+                    }
+                    if state.frozen.is_some() {
+                        return Err(DomainError::conflict(
+                            "already_frozen",
+                            "the backup is already in the freezer",
+                        ));
+                    }
+                    vec![BackupEvent::BackupFrozen(FreezerEntry {
+                        name,
+                        description: entry.description,
+                    })]
+                }
+                BackupCommand::DecideDr {
+                    settings,
+                    successful_before,
+                    now,
+                } => {
+                    let state = self.live()?;
+                    if state.status != BackupStatus::Successful
+                        || state.dr.is_some()
+                        || !settings.enabled
+                    {
+                        return Ok(());
+                    }
+                    decide_dr(state, &settings, successful_before, now)
+                }
+                BackupCommand::RecordDrCopy(copy) => {
+                    let state = self.live()?;
+                    let dr = dr_running(state)?;
+                    let wanted = state
+                        .dr_wanted()
+                        .iter()
+                        .any(|(s, r)| s.id == copy.original_id && *r == copy.region);
+                    if !wanted {
+                        return Err(DomainError::NotFound("snapshot to copy"));
+                    }
+                    if dr.copy(&copy.original_id, &copy.region).is_some()
+                        || dr.failed(&copy.original_id, &copy.region)
+                    {
+                        return Ok(());
+                    }
+                    with_dr_outcome(state, vec![BackupEvent::DrCopyStarted(copy)])
+                }
+                BackupCommand::RecordDrCopyFailed {
+                    original_id,
+                    region,
+                    reason,
+                } => {
+                    let state = self.live()?;
+                    let dr = dr_running(state)?;
+                    if dr.failed(&original_id, &region)
+                        || dr
+                            .copy(&original_id, &region)
+                            .is_some_and(|c| c.state != SnapshotState::Pending)
+                    {
+                        return Ok(());
+                    }
+                    with_dr_outcome(
+                        state,
+                        vec![BackupEvent::DrCopyFailed {
+                            original_id,
+                            region,
+                            reason,
+                        }],
+                    )
+                }
+                BackupCommand::RecordDrCopyStates { states } => {
+                    let state = self.live()?;
+                    let dr = dr_running(state)?;
+                    let events = states
+                        .into_iter()
+                        .filter_map(|(copy_id, region, to)| {
+                            let run = dr
+                                .pending()
+                                .find(|c| c.copy_id == copy_id && c.region == region)?;
+                            match to {
+                                SnapshotState::Pending => None,
+                                SnapshotState::Completed => {
+                                    Some(BackupEvent::DrCopyCompleted { copy_id, region })
+                                }
+                                SnapshotState::Failed => Some(BackupEvent::DrCopyFailed {
+                                    original_id: run.original_id.clone(),
+                                    region,
+                                    reason: format!(
+                                        "AWS reported copy {copy_id} failed or missing"
+                                    ),
+                                }),
+                            }
+                        })
+                        .collect();
+                    with_dr_outcome(state, events)
+                }
+                BackupCommand::DrTimeOut { now } => {
+                    let state = self.live()?;
+                    let dr = dr_running(state)?;
+                    if now < dr.deadline {
+                        return Ok(());
+                    }
+                    let events = state
+                        .dr_wanted()
+                        .into_iter()
+                        .filter(|(s, region)| {
+                            !dr.failed(&s.id, region)
+                                && dr
+                                    .copy(&s.id, region)
+                                    .is_none_or(|c| c.state == SnapshotState::Pending)
+                        })
+                        .map(|(s, region)| BackupEvent::DrCopyFailed {
+                            original_id: s.id.clone(),
+                            region: region.to_string(),
+                            reason: "not completed before the disaster-recovery timeout".into(),
+                        })
+                        .collect();
+                    with_dr_outcome(state, events)
+                }
+                BackupCommand::RecordDrOriginalsDeleted { ids } => {
+                    let state = self.state.as_ref().ok_or(DomainError::NotFound("backup"))?;
+                    let Some(dr) = &state.dr else {
+                        return Ok(());
+                    };
+                    let ids: Vec<String> = ids
+                        .into_iter()
+                        .filter(|id| !dr.originals_deleted.contains(id))
+                        .collect();
+                    if ids.is_empty() {
+                        return Ok(());
+                    }
+                    vec![BackupEvent::DrOriginalsDeleted { ids }]
+                }
+                BackupCommand::RecordDrCopiesDeleted { marked_only } => {
+                    let state = self.state.as_ref().ok_or(DomainError::NotFound("backup"))?;
+                    match &state.dr {
+                        Some(dr) if !dr.copies_deleted && !dr.copies.is_empty() => {
+                            vec![BackupEvent::DrCopiesDeleted { marked_only }]
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+                BackupCommand::RecordDeleted {
                     marked_only,
-                    at: Some(at),
-                });
-                events
-            }
-            BackupCommand::RecordInitialAmiDeleted {
-                id,
-                marked_only,
-                at,
-            } => {
-                let Some(state) = self.state.as_ref() else {
-                    return Err(DomainError::NotFound("backup"));
-                };
-                if !state.kept.contains(&id) {
-                    // Deleted with its backup, or already recorded.
-                    return Ok(());
+                    kept,
+                    at,
+                } => {
+                    let Some(state) = self.state.as_ref() else {
+                        return Err(DomainError::NotFound("backup"));
+                    };
+                    if state.deleted {
+                        return Ok(());
+                    }
+                    if let Some(id) = kept.iter().find(|id| !state.is_initial_ami(id)) {
+                        return Err(DomainError::invalid(
+                            "kept",
+                            "invalid_value",
+                            format!("{id} is not a completed initial AMI of this backup"),
+                        ));
+                    }
+                    let kept: BTreeSet<String> = kept.into_iter().collect();
+                    let mut events: Vec<_> = kept
+                        .into_iter()
+                        .map(|id| BackupEvent::InitialAmiKept { id })
+                        .collect();
+                    events.push(BackupEvent::BackupDeleted {
+                        marked_only,
+                        at: Some(at),
+                    });
+                    events
                 }
-                vec![BackupEvent::InitialAmiDeleted {
+                BackupCommand::RecordInitialAmiDeleted {
                     id,
                     marked_only,
                     at,
-                }]
-            }
-            BackupCommand::Purge {
-                now,
-                record_retention_days,
-                recorded_deleted_at,
-            } => {
-                let Some(state) = self.state.as_ref() else {
-                    return Err(DomainError::NotFound("backup"));
-                };
-                if state.purged {
-                    return Ok(());
+                } => {
+                    let Some(state) = self.state.as_ref() else {
+                        return Err(DomainError::NotFound("backup"));
+                    };
+                    if !state.kept.contains(&id) {
+                        // Deleted with its backup, or already recorded.
+                        return Ok(());
+                    }
+                    vec![BackupEvent::InitialAmiDeleted {
+                        id,
+                        marked_only,
+                        at,
+                    }]
                 }
-                purgeable(state, now, record_retention_days, recorded_deleted_at)?;
-                vec![BackupEvent::RecordPurged {
+                BackupCommand::Purge {
+                    now,
                     record_retention_days,
-                }]
-            }
-        };
+                    recorded_deleted_at,
+                } => {
+                    let Some(state) = self.state.as_ref() else {
+                        return Err(DomainError::NotFound("backup"));
+                    };
+                    if state.purged {
+                        return Ok(());
+                    }
+                    purgeable(state, now, record_retention_days, recorded_deleted_at)?;
+                    vec![BackupEvent::RecordPurged {
+                        record_retention_days,
+                    }]
+                }
+            };
         for event in events {
             sink.write(event, self).await;
         }
@@ -1220,6 +1248,7 @@ impl Aggregate for Backup {
                         target,
                         progress: TargetProgress::Waiting,
                         snapshots: BTreeMap::new(),
+                        source: None,
                     })
                     .collect(),
                 status: BackupStatus::InProgress,
@@ -1268,6 +1297,13 @@ impl Aggregate for Backup {
             BackupEvent::BackupCompleted { status } => state.status = status,
             BackupEvent::BackupFrozen(entry) => state.frozen = Some(entry),
             BackupEvent::TakingStarted => state.taking_started = true,
+            BackupEvent::SourcesRecorded { sources } => {
+                for (target, source) in sources {
+                    if let Some(i) = run_of(state, &target) {
+                        state.targets[i].source = Some(source);
+                    }
+                }
+            }
             BackupEvent::BackupDeleted { at, .. } => {
                 state.deleted = true;
                 state.deleted_at = at;
@@ -1584,6 +1620,7 @@ mod tests {
                     (key("vol-3"), vec![snap("snap-3", "vol-3")]),
                     (key("vol-3"), vec![snap("snap-3b", "vol-3")]),
                 ],
+                sources: vec![],
             })
             .then_expect_events(vec![
                 BackupEvent::SnapshotsTaken {
@@ -1595,6 +1632,48 @@ mod tests {
                     snapshots: vec![snap("snap-3", "vol-3")],
                 },
             ]);
+    }
+
+    #[test]
+    fn sources_are_recorded_only_with_snapshots_taken_in_the_same_report() {
+        let table = |ttl: &str| {
+            SourceRecord::Table(crate::source::TableRecord {
+                tags: BTreeMap::from([("team".to_string(), "db".to_string())]),
+                ttl_attribute: Some(ttl.into()),
+            })
+        };
+        Test::with(())
+            .given(vec![
+                begun(&["vol-1", "vol-2"]),
+                BackupEvent::SnapshotsTaken {
+                    target: key("vol-1"),
+                    snapshots: vec![snap("snap-1", "vol-1")],
+                },
+            ])
+            .when(BackupCommand::RecordTaken {
+                taken: vec![(key("vol-2"), vec![snap("snap-2", "vol-2")])],
+                sources: vec![(key("vol-1"), table("late")), (key("vol-2"), table("ttl"))],
+            })
+            .then_expect_events(vec![
+                BackupEvent::SourcesRecorded {
+                    sources: vec![(key("vol-2"), table("ttl"))],
+                },
+                BackupEvent::SnapshotsTaken {
+                    target: key("vol-2"),
+                    snapshots: vec![snap("snap-2", "vol-2")],
+                },
+            ]);
+        let mut backup = Backup::default();
+        for event in [
+            begun(&["vol-1"]),
+            BackupEvent::SourcesRecorded {
+                sources: vec![(key("vol-1"), table("ttl"))],
+            },
+        ] {
+            backup.apply(event);
+        }
+        let state = backup.state.expect("begun");
+        assert_eq!(state.targets[0].source, Some(table("ttl")));
     }
 
     #[test]
@@ -1618,6 +1697,7 @@ mod tests {
             .given(vec![begun(&["vol-1"])])
             .when(BackupCommand::RecordTaken {
                 taken: vec![(key("vol-9"), vec![snap("snap-9", "vol-9")])],
+                sources: vec![],
             })
             .then_expect_error(DomainError::NotFound("target"));
     }

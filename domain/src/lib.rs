@@ -10,8 +10,10 @@ pub mod ids;
 pub mod metadata;
 pub mod password;
 pub mod policy;
+pub mod recovery;
 pub mod schedule;
 pub mod settings;
+pub mod source;
 pub mod tenant;
 pub mod user;
 

@@ -28,6 +28,7 @@ use safehold_domain::policy::{
     AutoTargetRemoval, InstanceMode, InstanceOptions, Policy, PolicyCommand, PolicyState,
     ResourceKind, Target, TargetKey, Trigger, VolumeSelection,
 };
+use safehold_domain::source::{SourceRecord, TableRecord};
 use safehold_domain::{DomainError, TenantId};
 use safehold_projections::accounts::AccountRow;
 use safehold_projections::dispatch::{enqueue, BackupJob, BACKUP_QUEUE};
@@ -354,8 +355,13 @@ async fn needs_initial_ami(
 /// Creating calls a round has in flight at once.
 pub const CREATE_CONCURRENCY: usize = 16;
 
-/// What a round took, recorded in one append per region.
-type Taken = Vec<(TargetKey, Vec<Snapshot>)>;
+/// What a round took, recorded in one append per region, with what the
+/// sources were like (recovery defaults).
+#[derive(Default)]
+struct Taken {
+    snapshots: Vec<(TargetKey, Vec<Snapshot>)>,
+    sources: Vec<(TargetKey, SourceRecord)>,
+}
 
 async fn take_snapshots(
     ctx: &BackupContext,
@@ -384,7 +390,7 @@ async fn take_snapshots(
         let (instances, others): (Vec<&Target>, Vec<&Target>) = targets
             .into_iter()
             .partition(|t| takes_instance_snapshots(t));
-        let mut taken = Taken::new();
+        let mut taken = Taken::default();
         take_instance_snapshots(
             ctx, meta, backup, policy, account, &config, &instances, &mut taken,
         )
@@ -404,7 +410,28 @@ async fn take_snapshots(
                 }
             }
             match take_target(backup, &config, target).await {
-                Ok(artifact) => taken.push((key.clone(), vec![snapshot_of(artifact, region)])),
+                Ok(artifact) => {
+                    // A restore does not bring back a table's tags and TTL.
+                    if key.kind == ResourceKind::DynamodbTable {
+                        match safehold_cloud::recovery::table_facts(&config, &key.resource_id).await
+                        {
+                            Ok((tags, ttl_attribute)) => taken.sources.push((
+                                key.clone(),
+                                SourceRecord::Table(TableRecord {
+                                    tags,
+                                    ttl_attribute,
+                                }),
+                            )),
+                            Err(e) => tracing::warn!(
+                                backup = %backup.id, table = %key.resource_id, error = %e,
+                                "could not record the table's tags and TTL"
+                            ),
+                        }
+                    }
+                    taken
+                        .snapshots
+                        .push((key.clone(), vec![snapshot_of(artifact, region)]))
+                }
                 // Throttling and AWS-side failures: try again next round.
                 Err(e) if e.is_transient() => {
                     tracing::info!(backup = %backup.id, error = %e, "will retry a snapshot");
@@ -414,13 +441,16 @@ async fn take_snapshots(
                 }
             }
         }
-        if !taken.is_empty() {
+        if !taken.snapshots.is_empty() {
             ignore_finished(
                 execute::<Backup>(
                     &ctx.cloud.pool,
                     meta,
                     backup.id,
-                    BackupCommand::RecordTaken { taken },
+                    BackupCommand::RecordTaken {
+                        taken: taken.snapshots,
+                        sources: taken.sources,
+                    },
                 )
                 .await,
             )?;
@@ -557,7 +587,11 @@ async fn take_instance_snapshots(
             .into_iter()
             .map(|a| snapshot_of(a, &key.region))
             .collect();
-        taken.push((key.clone(), snapshots));
+        if let Some(instance) = live.get(&key.resource_id) {
+            let record = SourceRecord::Instance(Box::new(aws::instance_record(instance)));
+            taken.sources.push((key.clone(), record));
+        }
+        taken.snapshots.push((key.clone(), snapshots));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod commands;
 pub mod discovery;
 pub mod dr;
+pub mod recovery;
 pub mod retention;
 pub mod scheduler;
 

@@ -6,6 +6,7 @@ use cqrs_es::Aggregate;
 use safehold_domain::account::{Account, AccountEvent};
 use safehold_domain::backup::{Backup, BackupEvent};
 use safehold_domain::policy::{Policy, PolicyEvent};
+use safehold_domain::recovery::{Recovery, RecoveryEvent};
 use safehold_domain::schedule::{Schedule, ScheduleEvent};
 use safehold_domain::tenant::{Tenant, TenantEvent};
 use safehold_domain::user::{User, UserEvent};
@@ -112,6 +113,8 @@ impl Projection for AuditProjection {
             event.decode::<TenantEvent>()?.describe()
         } else if event.aggregate_type == Backup::TYPE {
             event.decode::<BackupEvent>()?.describe()
+        } else if event.aggregate_type == Recovery::TYPE {
+            event.decode::<RecoveryEvent>()?.describe()
         } else {
             format!("{} on {}", event.event_type, event.aggregate_type)
         };

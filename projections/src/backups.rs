@@ -256,7 +256,8 @@ async fn apply_backup(
         }
         BackupEvent::TargetFailed { .. }
         | BackupEvent::TargetVanished { .. }
-        | BackupEvent::TakingStarted => {}
+        | BackupEvent::TakingStarted
+        | BackupEvent::SourcesRecorded { .. } => {}
         BackupEvent::SnapshotCompleted { id: snapshot } => {
             set_snapshot_state(tx, tenant, id, &snapshot, "completed", at).await?;
         }

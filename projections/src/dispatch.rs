@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use safehold_domain::policy::{Policy, PolicyEvent};
+use safehold_domain::recovery::Recovery;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -21,6 +22,16 @@ pub struct BackupJob {
     pub tenant_id: Uuid,
     pub policy_id: Uuid,
     pub backup_id: Uuid,
+}
+
+/// The job queue of recoveries.
+pub const RECOVERY_QUEUE: &str = "safehold::recovery";
+
+/// Drives one recovery, one step per run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryJob {
+    pub tenant_id: Uuid,
+    pub recovery_id: Uuid,
 }
 
 /// Attempts the queue makes at a job whose run fails (an error, not an AWS
@@ -66,6 +77,24 @@ impl Projection for DispatchProjection {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if event.aggregate_type == Recovery::TYPE && event.event_type == "RecoveryRequested" {
+            let Some(recovery_id) = event.entity_id() else {
+                return Ok(());
+            };
+            let job = RecoveryJob {
+                tenant_id: event.metadata.tenant_id.0,
+                recovery_id,
+            };
+            enqueue(
+                tx,
+                RECOVERY_QUEUE,
+                recovery_id,
+                &job,
+                event.metadata.occurred_at,
+            )
+            .await?;
+            return Ok(());
+        }
         if event.aggregate_type != Policy::TYPE || event.event_type != "BackupStarted" {
             return Ok(());
         }

@@ -11,6 +11,7 @@ pub mod backups;
 pub mod db;
 pub mod dispatch;
 pub mod policies;
+pub mod recoveries;
 pub mod runtime;
 pub mod tenants;
 pub mod users;

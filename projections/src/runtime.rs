@@ -56,6 +56,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(crate::accounts::AccountsProjection),
         Arc::new(crate::policies::PoliciesProjection),
         Arc::new(crate::backups::BackupsProjection),
+        Arc::new(crate::recoveries::RecoveriesProjection),
         Arc::new(crate::audit::AuditProjection),
         Arc::new(crate::dispatch::DispatchProjection),
     ]

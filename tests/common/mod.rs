@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod estate;
+pub mod vault;
 
 use std::net::TcpListener;
 

@@ -5,6 +5,7 @@ pub mod backups;
 pub mod health;
 pub mod me;
 pub mod policies;
+pub mod recoveries;
 pub mod schedules;
 pub mod settings;
 pub mod signup;
