@@ -315,6 +315,12 @@ async fn an_instance_is_recovered_from_its_boot_snapshot_as_it_was_with_changed_
         x.s.get(&format!("/v1/backups/{id}/recovery-panel"), &x.root)
             .await;
     assert!(panel["last_recovery_at"].is_string(), "{panel}");
+    let policy = backup["policy_id"].as_str().unwrap();
+    let (_, view) = x.s.get(&format!("/v1/policies/{policy}"), &x.root).await;
+    assert_eq!(
+        view["last_recovery_at"], panel["last_recovery_at"],
+        "{view}"
+    );
 }
 
 #[tokio::test]
@@ -780,22 +786,22 @@ async fn invalid_requests_change_nothing_and_only_allowed_users_recover() {
     for (body, field, code) in [
         (
             json!({"volumes": {"volumes": [{"volume_id": volume_id, "availability_zone": "us-east-1a", "size_gib": 10}]}}),
-            "volumes[0].size_gib",
+            "volumes.volumes[0].size_gib",
             "smaller_than_original",
         ),
         (
             json!({"volumes": {"volumes": [{"volume_id": volume_id, "availability_zone": "us-east-1a", "volume_type": "io2", "size_gib": 20, "iops": 20000}]}}),
-            "volumes[0].iops",
+            "volumes.volumes[0].iops",
             "iops_too_high_for_size",
         ),
         (
             json!({"volumes": {"volumes": [{"volume_id": volume_id, "availability_zone": "us-east-1a"}], "attach_behavior": "switch"}}),
-            "attach_behavior",
+            "volumes.attach_behavior",
             "not_allowed",
         ),
         (
             json!({"volumes": {"volumes": [{"volume_id": "vol-unknown", "availability_zone": "us-east-1a"}]}}),
-            "volumes[0].volume_id",
+            "volumes.volumes[0].volume_id",
             "not_in_backup",
         ),
         (

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use base64::Engine;
+use safehold_domain::recovery::is_carried_tag as is_preserved;
 use uuid::Uuid;
 
 use crate::access::CloudError;
@@ -91,11 +92,6 @@ impl RecoveryLabel {
     fn client_token(&self, step: &str) -> String {
         Uuid::new_v5(&self.recovery_id, step.as_bytes()).to_string()
     }
-}
-
-fn is_preserved(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    !lower.starts_with("aws:") && !lower.starts_with("safehold:")
 }
 
 /// Tags to carry over from a backed-up source: drops keys starting with

@@ -563,13 +563,17 @@ fn check_table_name(problems: &mut Problems, field: &str, name: &str) {
     }
 }
 
-/// Source tags worth carrying over: neither AWS's nor Safehold's own.
+/// Whether a source's tag is carried over to what is recovered: not AWS's
+/// (AWS refuses them) nor Safehold's (they describe the backup).
+pub fn is_carried_tag(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    !lower.starts_with("aws:") && !lower.starts_with("safehold:")
+}
+
+/// Source tags worth carrying over.
 pub fn carried_tags(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     tags.iter()
-        .filter(|(k, _)| {
-            let lower = k.to_ascii_lowercase();
-            !lower.starts_with("aws:") && !lower.starts_with("safehold:")
-        })
+        .filter(|(k, _)| is_carried_tag(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -1334,7 +1338,7 @@ pub fn check_place(
 ) -> Result<(), DomainError> {
     if source.region != target.region {
         return Err(DomainError::invalid(
-            "target_region",
+            "source_region",
             "region_mismatch",
             "a recovery creates resources in the region it recovers from; recover from a DR copy to use another region",
         ));

@@ -399,6 +399,8 @@ pub struct PolicyRow {
     pub from_tag_scan: bool,
     pub running_backup_id: Option<Uuid>,
     pub last_backup_at: Option<DateTime<Utc>>,
+    /// When a recovery from one of its backups was last started (drills).
+    pub last_recovery_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub dr_enabled: bool,
@@ -441,7 +443,10 @@ const POLICY_COLUMNS: &str =
     "policy_id, owner_id, account_id, name, description, enabled, generations,
     auto_target_removal, success_criterion, retries, retry_wait_minutes, failures_before_alert,
     from_tag_scan, running_backup_id, last_backup_at, created_at, updated_at,
-    dr_enabled, dr_every, dr_regions, dr_timeout_hours, dr_vault_account_id, dr_keep_originals";
+    dr_enabled, dr_every, dr_regions, dr_timeout_hours, dr_vault_account_id, dr_keep_originals,
+    (SELECT max(r.requested_at) FROM recoveries r
+      WHERE r.tenant_id = policies.tenant_id AND r.policy_id = policies.policy_id)
+      AS last_recovery_at";
 
 pub async fn find_policy(
     pool: &PgPool,

@@ -155,6 +155,8 @@ pub struct PolicyView {
     pub dr: DrSettings,
     pub running_backup_id: Option<Uuid>,
     pub last_backup_at: Option<DateTime<Utc>>,
+    /// When a recovery from one of its backups was last started: how recent its drills are.
+    pub last_recovery_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Only in single-policy responses.
@@ -177,6 +179,7 @@ impl PolicyView {
             from_tag_scan: r.from_tag_scan,
             running_backup_id: r.running_backup_id,
             last_backup_at: r.last_backup_at,
+            last_recovery_at: r.last_recovery_at,
             created_at: r.created_at,
             updated_at: r.updated_at,
             targets: None,

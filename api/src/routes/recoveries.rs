@@ -411,9 +411,27 @@ fn plan(
             "give exactly one of instance, volumes, rds, aurora, redshift and dynamodb",
         ));
     }
+    // Problems name fields from the request's top: `instance.count`.
+    let under = |kind: &str| {
+        let kind = kind.to_string();
+        move |e: safehold_domain::DomainError| match e {
+            safehold_domain::DomainError::Invalid(errors) => safehold_domain::DomainError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|mut f| {
+                        f.field = format!("{kind}.{}", f.field);
+                        f
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    };
     let plan = if let Some(r) = request.instance.take() {
         let ctx = context(&r.instance_id);
-        RecoveryPlan::Instance(Box::new(rules::plan_instance(r, &ctx)?))
+        RecoveryPlan::Instance(Box::new(
+            rules::plan_instance(r, &ctx).map_err(under("instance"))?,
+        ))
     } else if let Some(r) = request.volumes.take() {
         let resource = r
             .instance_id
@@ -421,19 +439,19 @@ fn plan(
             .or_else(|| r.volumes.iter().find_map(|v| v.volume_id.clone()))
             .unwrap_or_default();
         let ctx = context(&resource);
-        RecoveryPlan::Volumes(rules::plan_volumes(r, &ctx)?)
+        RecoveryPlan::Volumes(rules::plan_volumes(r, &ctx).map_err(under("volumes"))?)
     } else if let Some(r) = request.rds.take() {
         let ctx = context(&r.db_instance_id);
-        RecoveryPlan::Rds(rules::plan_rds(r, &ctx)?)
+        RecoveryPlan::Rds(rules::plan_rds(r, &ctx).map_err(under("rds"))?)
     } else if let Some(r) = request.aurora.take() {
         let ctx = context(&r.cluster_id);
-        RecoveryPlan::Aurora(rules::plan_aurora(r, &ctx)?)
+        RecoveryPlan::Aurora(rules::plan_aurora(r, &ctx).map_err(under("aurora"))?)
     } else if let Some(r) = request.redshift.take() {
         let ctx = context(&r.cluster_id);
-        RecoveryPlan::Redshift(rules::plan_redshift(r, &ctx)?)
+        RecoveryPlan::Redshift(rules::plan_redshift(r, &ctx).map_err(under("redshift"))?)
     } else if let Some(r) = request.dynamodb.take() {
         let ctx = context(&r.table_name);
-        RecoveryPlan::Dynamodb(rules::plan_table(r, &ctx)?)
+        RecoveryPlan::Dynamodb(rules::plan_table(r, &ctx).map_err(under("dynamodb"))?)
     } else {
         unreachable!("exactly one kind was checked above")
     };
