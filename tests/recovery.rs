@@ -939,3 +939,113 @@ async fn invalid_requests_change_nothing_and_only_allowed_users_recover() {
         "the recovery used the one-off keys: {by_key:?}"
     );
 }
+
+#[tokio::test]
+async fn an_instance_is_recovered_in_a_dr_region_with_references_given_and_checked_there() {
+    let x = setup().await;
+    let _dr = dr_workers(&x, 20);
+    let _workers = recovery_workers(&x);
+    let instance = app_instance(&x).await;
+    let policy = x
+        .policy(
+            json!({"name": "app", "dr": {"enabled": true, "regions": [WEST]}}),
+            &[
+                json!({"type": "ec2_instance", "region": REGION, "resource_id": instance,
+                     "instance": {"mode": "snapshots", "volumes": {"select": "all"}}}),
+            ],
+        )
+        .await;
+    let backup = x.run(&policy).await;
+    let id = backup["id"].as_str().unwrap().to_string();
+    let dr = dr_outcome(&x, &id).await;
+    assert_eq!(dr["dr_status"], "completed", "{dr}");
+
+    // In eu-west-1 the original subnet and security groups mean nothing.
+    let (status, problem) = start(
+        &x,
+        &id,
+        json!({"source_region": WEST, "instance": {"instance_id": instance}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, vec!["instance.subnet_id"], "{problem}");
+
+    // Given, they are checked in eu-west-1 before anything is created.
+    let west = aws_sdk_ec2::Client::new(&config(&x, &production_keys(), WEST).await);
+    let subnet = west.describe_subnets().send().await.unwrap().subnets()[0].clone();
+    let group = west
+        .describe_security_groups()
+        .send()
+        .await
+        .unwrap()
+        .security_groups()[0]
+        .group_id()
+        .unwrap()
+        .to_string();
+    let (status, problem) = start(
+        &x,
+        &id,
+        json!({"source_region": WEST, "instance": {"instance_id": instance,
+               "subnet_id": "subnet-0000000000000000", "security_group_ids": [group]}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(
+        problem["errors"][0]["field"], "instance.subnet_id",
+        "{problem}"
+    );
+
+    let done = recover(
+        &x,
+        &id,
+        json!({"source_region": WEST, "instance": {"instance_id": instance,
+               "subnet_id": subnet.subnet_id(), "security_group_ids": [group]}}),
+    )
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["source"]["region"], WEST);
+    let launched = &created(&done, "instance")[0];
+    let recovered = west
+        .describe_instances()
+        .instance_ids(launched)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .clone();
+    assert_eq!(recovered.subnet_id(), subnet.subnet_id());
+    assert_eq!(
+        recovered.instance_type().map(|t| t.as_str()),
+        Some("t3.small")
+    );
+    // Its boot volume comes from the DR copy of the boot snapshot.
+    let root = recovered
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some("/dev/sda1"))
+        .and_then(|m| m.ebs()?.volume_id())
+        .unwrap()
+        .to_string();
+    let root = describe_volume(&west, &root).await;
+    let copy = dr["dr_copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            backup["snapshots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["id"] == c["original_id"] && s["device"] == "/dev/sda1")
+        })
+        .unwrap()["copy_id"]
+        .clone();
+    assert_eq!(root.snapshot_id(), copy.as_str());
+}

@@ -18,6 +18,7 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use base64::Engine;
 use safehold_domain::recovery::is_carried_tag as is_preserved;
+use safehold_domain::recovery::{InstancePlan, ShutdownBehavior, VolumeFromSnapshot};
 use uuid::Uuid;
 
 use crate::access::CloudError;
@@ -543,6 +544,59 @@ pub struct LaunchSpec {
     pub volume_tags: Vec<(String, String)>,
 }
 
+impl LaunchSpec {
+    /// The launch an instance recovery plans, from `image_id` (empty while
+    /// the image is still to be registered).
+    pub fn for_plan(plan: &InstancePlan, image_id: String) -> Self {
+        let tags = |map: &BTreeMap<String, String>| {
+            map.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        Self {
+            item: plan.source_instance.clone(),
+            image_id,
+            instance_type: plan.instance_type.clone(),
+            count: plan.count,
+            key_name: plan.key_name.clone(),
+            subnet_id: plan.subnet_id.clone(),
+            availability_zone: plan.availability_zone.clone(),
+            private_ip: plan.private_ip.clone(),
+            security_group_ids: plan.security_group_ids.clone(),
+            associate_public_ip: plan.associate_public_ip,
+            user_data: plan.user_data.clone(),
+            tags: tags(&plan.tags),
+            shutdown_behavior: Some(
+                match plan.shutdown_behavior {
+                    ShutdownBehavior::Stop => "stop",
+                    ShutdownBehavior::Terminate => "terminate",
+                }
+                .into(),
+            ),
+            termination_protection: plan.termination_protection,
+            monitoring: plan.monitoring,
+            instance_profile_arn: plan.instance_profile_arn.clone(),
+            ebs_optimized: plan.ebs_optimized,
+            tenancy: plan.tenancy.clone(),
+            volumes: plan.volumes.iter().map(BlockVolume::from_plan).collect(),
+            volume_tags: tags(&plan.volume_tags),
+        }
+    }
+}
+
+impl BlockVolume {
+    pub fn from_plan(v: &VolumeFromSnapshot) -> Self {
+        Self {
+            device: v.device.clone(),
+            snapshot_id: v.snapshot_id.clone(),
+            size_gib: Some(v.size_gib),
+            volume_type: Some(v.volume_type.clone()),
+            iops: v.iops,
+            delete_on_termination: v.delete_on_termination,
+        }
+    }
+}
+
 /// Launches `count` instances (or finds those an earlier attempt launched,
 /// by the recovery tags; launches only the missing ones). Returns instance
 /// ids.
@@ -726,20 +780,23 @@ pub async fn check_launch_references(
 ) -> Result<(), CloudError> {
     let client = aws_sdk_ec2::Client::new(config);
     let place = region(config);
-    let images = client
-        .describe_images()
-        .image_ids(&spec.image_id)
-        .send()
-        .await
-        .map_err(CloudError::from_sdk)
-        .map(|o| o.images().to_vec());
-    reference(
-        images,
-        "InvalidAMIID.NotFound",
-        "image",
-        &spec.image_id,
-        &place,
-    )?;
+    // No image yet when it is to be registered from the boot snapshot.
+    if !spec.image_id.is_empty() {
+        let images = client
+            .describe_images()
+            .image_ids(&spec.image_id)
+            .send()
+            .await
+            .map_err(CloudError::from_sdk)
+            .map(|o| o.images().to_vec());
+        reference(
+            images,
+            "InvalidAMIID.NotFound",
+            "image",
+            &spec.image_id,
+            &place,
+        )?;
+    }
     if let Some(key) = &spec.key_name {
         let keys = client
             .describe_key_pairs()

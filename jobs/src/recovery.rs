@@ -20,7 +20,7 @@ use safehold_cloud::resolve::Cloud;
 use safehold_cloud::SdkConfig;
 use safehold_domain::recovery::{
     AmiHandling, AttachBehavior, LaunchFrom, Recovered, Recovery, RecoveryCommand, RecoveryPlan,
-    RecoveryState, RecoveryStatus, ShutdownBehavior,
+    RecoveryState, RecoveryStatus,
 };
 use safehold_domain::{CommandMetadata, DomainError, TenantId};
 use safehold_projections::accounts::AccountRow;
@@ -177,17 +177,6 @@ fn tags(map: &std::collections::BTreeMap<String, String>) -> Vec<(String, String
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn block_volume(v: &safehold_domain::recovery::VolumeFromSnapshot) -> aws::BlockVolume {
-    aws::BlockVolume {
-        device: v.device.clone(),
-        snapshot_id: v.snapshot_id.clone(),
-        size_gib: Some(v.size_gib),
-        volume_type: Some(v.volume_type.clone()),
-        iops: v.iops,
-        delete_on_termination: v.delete_on_termination,
-    }
-}
-
 async fn recover_instance(
     run: &Run<'_>,
     plan: &safehold_domain::recovery::InstancePlan,
@@ -225,34 +214,7 @@ async fn recover_instance(
     if plan.launch_from == LaunchFrom::Snapshot && plan.ami_handling == AmiHandling::CreateOnly {
         return Ok(done(format!("registered AMI {image_id}; nothing launched")));
     }
-    let launch = aws::LaunchSpec {
-        item: plan.source_instance.clone(),
-        image_id: image_id.clone(),
-        instance_type: plan.instance_type.clone(),
-        count: plan.count,
-        key_name: plan.key_name.clone(),
-        subnet_id: plan.subnet_id.clone(),
-        availability_zone: plan.availability_zone.clone(),
-        private_ip: plan.private_ip.clone(),
-        security_group_ids: plan.security_group_ids.clone(),
-        associate_public_ip: plan.associate_public_ip,
-        user_data: plan.user_data.clone(),
-        tags: tags(&plan.tags),
-        shutdown_behavior: Some(
-            match plan.shutdown_behavior {
-                ShutdownBehavior::Stop => "stop",
-                ShutdownBehavior::Terminate => "terminate",
-            }
-            .into(),
-        ),
-        termination_protection: plan.termination_protection,
-        monitoring: plan.monitoring,
-        instance_profile_arn: plan.instance_profile_arn.clone(),
-        ebs_optimized: plan.ebs_optimized,
-        tenancy: plan.tenancy.clone(),
-        volumes: plan.volumes.iter().map(block_volume).collect(),
-        volume_tags: tags(&plan.volume_tags),
-    };
+    let launch = aws::LaunchSpec::for_plan(plan, image_id.clone());
     let launched: Vec<&str> = run.recovery.created_of("instance").collect();
     if launched.is_empty() {
         aws::check_launch_references(config, &launch).await?;

@@ -477,6 +477,35 @@ async fn identifier_in_use(
     Ok(taken.then(|| (field, id.clone())))
 }
 
+/// Checks in the target account and region that what an instance recovery
+/// refers to exists there (image, key pair, subnet, security groups) and
+/// fits together, naming the field at fault.
+async fn check_references(
+    config: &safehold_cloud::SdkConfig,
+    plan: &safehold_domain::recovery::InstancePlan,
+) -> ApiResult<()> {
+    let launch = safehold_cloud::recovery::LaunchSpec::for_plan(
+        plan,
+        plan.image_id.clone().unwrap_or_default(),
+    );
+    let Err(e) = safehold_cloud::recovery::check_launch_references(config, &launch).await else {
+        return Ok(());
+    };
+    let field = match e.code.as_str() {
+        "InvalidAMIID.NotFound" | "InvalidAMIID.Malformed" => "instance.image_id",
+        "InvalidKeyPair.NotFound" => "instance.key_name",
+        "InvalidSubnetID.NotFound" | "ZoneMismatch" => "instance.subnet_id",
+        "PrivateIpNotInSubnet" => "instance.private_ip",
+        "InvalidGroup.NotFound" | "SecurityGroupVpcMismatch" => "instance.security_group_ids",
+        _ => return Err(aws_unavailable(e)),
+    };
+    Err(ApiError::invalid_field(
+        field,
+        "invalid_reference",
+        e.message,
+    ))
+}
+
 /// Starts a recovery from a backup. Options left out take the backed-up
 /// resource's values; every problem with them is answered before anything
 /// is created.
@@ -604,6 +633,9 @@ pub async fn start_recovery(
             .await
             .map_err(aws_unavailable)?,
     };
+    if let RecoveryPlan::Instance(p) = &plan {
+        check_references(&config, p).await?;
+    }
     if let Some((field, id)) = identifier_in_use(&config, &plan).await? {
         return Err(ApiError::invalid_field(
             field,
