@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::commands::{execute, system_metadata};
+use crate::rounds::{next_round, run_locked};
 
 /// How backups are driven; tests shorten the waits.
 #[derive(Debug, Clone)]
@@ -828,41 +829,18 @@ async fn run_retry(job: RetryJob, ctx: Data<BackupContext>) -> Result<(), Error>
     }
 }
 
-fn failed(e: anyhow::Error) -> Error {
-    Error::Failed(std::sync::Arc::new(Box::new(std::io::Error::other(
-        e.to_string(),
-    ))))
-}
-
 async fn run_backup_job(job: BackupJob, ctx: Data<BackupContext>) -> Result<(), Error> {
     let pool = &ctx.cloud.pool;
     // One run per backup at a time; a second one (after a crash) leaves it be.
-    let mut lock = pool.acquire().await.map_err(|e| failed(e.into()))?;
     let key = backup_lock_key(job.backup_id);
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut *lock)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    if !locked {
-        return Ok(());
-    }
-    let outcome = run_round(&ctx, &job).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *lock)
-        .await;
-    match outcome.map_err(failed)? {
-        Round::Finished(status) => {
+    match run_locked(pool, key, run_round(&ctx, &job)).await? {
+        None => {}
+        Some(Round::Finished(status)) => {
             tracing::info!(backup = %job.backup_id, status = status.as_str(), "backup finished");
             safehold_projections::runtime::notify_committed(pool).await;
         }
-        Round::Again => {
-            let run_at = Utc::now()
-                + chrono::Duration::from_std(ctx.settings.poll_every).unwrap_or_default();
-            enqueue(&mut lock, BACKUP_QUEUE, Uuid::new_v4(), &job, run_at)
-                .await
-                .map_err(|e| failed(e.into()))?;
+        Some(Round::Again) => {
+            next_round(pool, BACKUP_QUEUE, &job, ctx.settings.poll_every).await?;
         }
     }
     Ok(())

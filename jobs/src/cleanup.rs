@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::backup::{load, BackupContext};
 use crate::commands::{execute, system_metadata};
 use crate::retention::{release_replaced_initial_amis, retain_policy, RetentionReport};
+use crate::rounds::run_locked;
 
 /// The job queue of daily cleanups.
 pub const CLEANUP_QUEUE: &str = "safehold::cleanup";
@@ -267,29 +268,13 @@ fn lock_key(tenant: Uuid) -> i64 {
 }
 
 async fn run_cleanup_job(job: CleanupJob, ctx: Data<BackupContext>) -> Result<(), Error> {
-    let failed = |e: anyhow::Error| {
-        Error::Failed(std::sync::Arc::new(Box::new(std::io::Error::other(
-            e.to_string(),
-        ))))
-    };
     let pool = &ctx.cloud.pool;
     // One cleanup of an organisation at a time (a job run again after its
     // worker was taken for dead leaves a live one be).
-    let mut lock = pool.acquire().await.map_err(|e| failed(e.into()))?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(lock_key(job.tenant_id))
-        .fetch_one(&mut *lock)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    if !locked {
+    let cleaning = clean_tenant(&ctx, TenantId(job.tenant_id), Utc::now());
+    let Some(report) = run_locked(pool, lock_key(job.tenant_id), cleaning).await? else {
         return Ok(());
-    }
-    let outcome = clean_tenant(&ctx, TenantId(job.tenant_id), Utc::now()).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(lock_key(job.tenant_id))
-        .execute(&mut *lock)
-        .await;
-    let report = outcome.map_err(failed)?;
+    };
     tracing::info!(
         tenant = %job.tenant_id,
         day = %job.day,

@@ -43,6 +43,7 @@ use uuid::Uuid;
 
 use crate::backup::load;
 use crate::commands::{execute, system_metadata};
+use crate::rounds::{next_round, run_locked};
 
 /// The job queue of DR rounds.
 pub const DR_QUEUE: &str = "safehold::dr";
@@ -700,41 +701,18 @@ async fn release_backup(pool: &PgPool, backup: &BackupState) -> anyhow::Result<(
     Ok(())
 }
 
-fn failed(e: anyhow::Error) -> Error {
-    Error::Failed(std::sync::Arc::new(Box::new(std::io::Error::other(
-        e.to_string(),
-    ))))
-}
-
 async fn run_dr_job(job: DrJob, ctx: Data<DrContext>) -> Result<(), Error> {
     let pool = &ctx.cloud.pool;
     // One round per backup at a time; a second one (after a crash) leaves it be.
-    let mut lock = pool.acquire().await.map_err(|e| failed(e.into()))?;
     let key = lock_key(&format!("dr:{}", job.backup_id));
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut *lock)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    if !locked {
-        return Ok(());
-    }
-    let outcome = run_round(&ctx, &job).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *lock)
-        .await;
-    match outcome.map_err(failed)? {
-        DrRound::Finished => {
+    match run_locked(pool, key, run_round(&ctx, &job)).await? {
+        None => {}
+        Some(DrRound::Finished) => {
             tracing::info!(backup = %job.backup_id, "disaster recovery finished");
             safehold_projections::runtime::notify_committed(pool).await;
         }
-        DrRound::Again => {
-            let run_at = Utc::now()
-                + chrono::Duration::from_std(ctx.settings.poll_every).unwrap_or_default();
-            enqueue(&mut lock, DR_QUEUE, Uuid::new_v4(), &job, run_at)
-                .await
-                .map_err(|e| failed(e.into()))?;
+        Some(DrRound::Again) => {
+            next_round(pool, DR_QUEUE, &job, ctx.settings.poll_every).await?;
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod dr;
 pub mod recovery;
 pub mod retention;
+mod rounds;
 pub mod scheduler;
 
 use std::time::Duration;

@@ -24,13 +24,14 @@ use safehold_domain::recovery::{
 };
 use safehold_domain::{CommandMetadata, DomainError, TenantId};
 use safehold_projections::accounts::AccountRow;
-use safehold_projections::dispatch::{enqueue, RecoveryJob, RECOVERY_QUEUE};
+use safehold_projections::dispatch::{RecoveryJob, RECOVERY_QUEUE};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backup::load;
 use crate::commands::{execute, system_metadata};
+use crate::rounds::{next_round, run_locked};
 
 /// How recoveries are driven; tests shorten the wait.
 #[derive(Debug, Clone)]
@@ -651,40 +652,16 @@ fn lock_key(recovery: Uuid) -> i64 {
     (high ^ 0x5245_434f_5645_5259) as i64
 }
 
-fn failed(e: anyhow::Error) -> Error {
-    Error::Failed(std::sync::Arc::new(Box::new(std::io::Error::other(
-        e.to_string(),
-    ))))
-}
-
 async fn run_recovery_job(job: RecoveryJob, ctx: Data<RecoveryContext>) -> Result<(), Error> {
     let pool = &ctx.cloud.pool;
-    let mut lock = pool.acquire().await.map_err(|e| failed(e.into()))?;
-    let key = lock_key(job.recovery_id);
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut *lock)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    if !locked {
-        return Ok(());
-    }
-    let outcome = run_round(&ctx, &job).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut *lock)
-        .await;
-    match outcome.map_err(failed)? {
-        Round::Finished => {
+    match run_locked(pool, lock_key(job.recovery_id), run_round(&ctx, &job)).await? {
+        None => {}
+        Some(Round::Finished) => {
             tracing::info!(recovery = %job.recovery_id, "recovery finished");
             safehold_projections::runtime::notify_committed(pool).await;
         }
-        Round::Again => {
-            let run_at = Utc::now()
-                + chrono::Duration::from_std(ctx.settings.poll_every).unwrap_or_default();
-            enqueue(&mut lock, RECOVERY_QUEUE, Uuid::new_v4(), &job, run_at)
-                .await
-                .map_err(|e| failed(e.into()))?;
+        Some(Round::Again) => {
+            next_round(pool, RECOVERY_QUEUE, &job, ctx.settings.poll_every).await?;
         }
     }
     Ok(())
