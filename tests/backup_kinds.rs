@@ -102,94 +102,6 @@ fn ids(snapshots: &[aws_sdk_ec2::types::Snapshot]) -> BTreeSet<String> {
         .collect()
 }
 
-/// An instance with its root volume at /dev/sda1 and data volumes at
-/// /dev/sdf and /dev/sdg. Returns (instance, [root, sdf, sdg] volume ids).
-async fn instance_with_two_data_volumes(ec2: &aws_sdk_ec2::Client) -> (String, Vec<String>) {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-    };
-    let named = |kind: ResourceType, name: &str| {
-        TagSpecification::builder()
-            .resource_type(kind)
-            .tags(Tag::builder().key("Name").value(name).build())
-            .build()
-    };
-    let create_volume = |size: i32, name: &str| {
-        ec2.create_volume()
-            .availability_zone(format!("{REGION}a"))
-            .size(size)
-            .tag_specifications(named(ResourceType::Volume, name))
-            .send()
-    };
-    let seed = create_volume(8, "seed").await.unwrap();
-    let seed = ec2
-        .create_snapshot()
-        .volume_id(seed.volume_id().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let image = ec2
-        .register_image()
-        .name("app-base")
-        .root_device_name("/dev/sda1")
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name("/dev/sda1")
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .snapshot_id(seed.snapshot_id().unwrap())
-                        .volume_size(8)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let run = ec2
-        .run_instances()
-        .image_id(image.image_id().unwrap())
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(named(ResourceType::Instance, "app-1"))
-        .send()
-        .await
-        .unwrap();
-    let instance = run.instances()[0].instance_id().unwrap().to_string();
-    for (device, size) in [("/dev/sdf", 10), ("/dev/sdg", 20)] {
-        let volume = create_volume(size, device).await.unwrap();
-        ec2.attach_volume()
-            .volume_id(volume.volume_id().unwrap())
-            .instance_id(&instance)
-            .device(device)
-            .send()
-            .await
-            .unwrap();
-    }
-    let described = ec2
-        .describe_instances()
-        .instance_ids(&instance)
-        .send()
-        .await
-        .unwrap();
-    let mappings = described.reservations()[0].instances()[0].block_device_mappings();
-    let volume_at = |device: &str| {
-        mappings
-            .iter()
-            .find(|m| m.device_name() == Some(device))
-            .and_then(|m| m.ebs()?.volume_id())
-            .unwrap_or_else(|| panic!("no volume at {device}: {mappings:?}"))
-            .to_string()
-    };
-    let volumes = vec![
-        volume_at("/dev/sda1"),
-        volume_at("/dev/sdf"),
-        volume_at("/dev/sdg"),
-    ];
-    (instance, volumes)
-}
-
 #[tokio::test]
 async fn every_database_kind_is_backed_up_and_tagged() {
     let x = setup().await;
@@ -431,8 +343,7 @@ async fn every_database_kind_is_backed_up_and_tagged() {
 #[tokio::test]
 async fn instance_volume_selection_is_honoured() {
     let x = setup().await;
-    let (instance, volumes) = instance_with_two_data_volumes(&x.ec2).await;
-    x.discover().await;
+    let (instance, volumes) = x.app_instance().await;
     let [root, sdf, sdg] = [&volumes[0], &volumes[1], &volumes[2]];
     let policy = x
         .policy(

@@ -80,96 +80,6 @@ fn created(recovery: &Value, kind: &str) -> Vec<String> {
         .collect()
 }
 
-/// An instance named app-1 with its root at /dev/sda1 and data volumes of
-/// 10 GiB at /dev/sdf and 20 GiB at /dev/sdg, tagged team=web.
-async fn app_instance(x: &Estate) -> String {
-    use aws_sdk_ec2::types::{
-        BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
-    };
-    let ec2 = &x.ec2;
-    let tagged = |kind: ResourceType, name: &str| {
-        TagSpecification::builder()
-            .resource_type(kind)
-            .tags(Tag::builder().key("Name").value(name).build())
-            .tags(Tag::builder().key("team").value("web").build())
-            .build()
-    };
-    let seed = ec2
-        .create_volume()
-        .availability_zone(format!("{REGION}a"))
-        .size(8)
-        .send()
-        .await
-        .unwrap();
-    let seed = ec2
-        .create_snapshot()
-        .volume_id(seed.volume_id().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let image = ec2
-        .register_image()
-        .name("app-base")
-        .root_device_name("/dev/sda1")
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name("/dev/sda1")
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .snapshot_id(seed.snapshot_id().unwrap())
-                        .volume_size(8)
-                        .build(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    // The default VPC's subnet in zone a.
-    let subnets = ec2
-        .describe_subnets()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("availability-zone")
-                .values(format!("{REGION}a"))
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
-    let run = ec2
-        .run_instances()
-        .image_id(image.image_id().unwrap())
-        .instance_type(InstanceType::T3Small)
-        .subnet_id(&subnet)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(tagged(ResourceType::Instance, "app-1"))
-        .send()
-        .await
-        .unwrap();
-    let instance = run.instances()[0].instance_id().unwrap().to_string();
-    for (device, size) in [("/dev/sdf", 10), ("/dev/sdg", 20)] {
-        let volume = ec2
-            .create_volume()
-            .availability_zone(format!("{REGION}a"))
-            .size(size)
-            .send()
-            .await
-            .unwrap();
-        ec2.attach_volume()
-            .volume_id(volume.volume_id().unwrap())
-            .instance_id(&instance)
-            .device(device)
-            .send()
-            .await
-            .unwrap();
-    }
-    x.discover().await;
-    instance
-}
-
 async fn instance_backup(x: &Estate, instance: &str) -> Value {
     let policy = x
         .policy(
@@ -211,7 +121,7 @@ async fn describe_volume(ec2: &aws_sdk_ec2::Client, id: &str) -> aws_sdk_ec2::ty
 async fn an_instance_is_recovered_from_its_boot_snapshot_as_it_was_with_changed_volumes() {
     let x = setup().await;
     let _workers = recovery_workers(&x);
-    let instance = app_instance(&x).await;
+    let (instance, _) = x.app_instance().await;
     let backup = instance_backup(&x, &instance).await;
     let id = backup["id"].as_str().unwrap();
 
@@ -327,7 +237,7 @@ async fn an_instance_is_recovered_from_its_boot_snapshot_as_it_was_with_changed_
 async fn a_kept_ami_can_be_made_without_launching_anything() {
     let x = setup().await;
     let _workers = recovery_workers(&x);
-    let instance = app_instance(&x).await;
+    let (instance, _) = x.app_instance().await;
     let backup = instance_backup(&x, &instance).await;
     let before = x
         .ec2
@@ -369,7 +279,7 @@ async fn a_kept_ami_can_be_made_without_launching_anything() {
 async fn volumes_are_recovered_larger_elsewhere_and_switched_into_a_stopped_instance() {
     let x = setup().await;
     let _workers = recovery_workers(&x);
-    let instance = app_instance(&x).await;
+    let (instance, _) = x.app_instance().await;
     let backup = instance_backup(&x, &instance).await;
     let id = backup["id"].as_str().unwrap();
     let old_sdf = describe_instance(&x, &instance)
@@ -945,7 +855,7 @@ async fn an_instance_is_recovered_in_a_dr_region_with_references_given_and_check
     let x = setup().await;
     let _dr = dr_workers(&x, 20);
     let _workers = recovery_workers(&x);
-    let instance = app_instance(&x).await;
+    let (instance, _) = x.app_instance().await;
     let policy = x
         .policy(
             json!({"name": "app", "dr": {"enabled": true, "regions": [WEST]}}),

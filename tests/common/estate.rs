@@ -99,6 +99,116 @@ impl Estate {
         self._workers = start_workers(&self.s);
     }
 
+    /// A t3.small instance named app-1 (tagged team=web) in the default
+    /// subnet of zone a, with its root at /dev/sda1 and data volumes of 10 GiB
+    /// at /dev/sdf and 20 GiB at /dev/sdg, discovered. Returns it and its
+    /// [root, sdf, sdg] volume ids.
+    pub async fn app_instance(&self) -> (String, Vec<String>) {
+        use aws_sdk_ec2::types::{
+            BlockDeviceMapping, EbsBlockDevice, InstanceType, ResourceType, Tag, TagSpecification,
+        };
+        let ec2 = &self.ec2;
+        let tagged = |kind: ResourceType, name: &str| {
+            TagSpecification::builder()
+                .resource_type(kind)
+                .tags(Tag::builder().key("Name").value(name).build())
+                .tags(Tag::builder().key("team").value("web").build())
+                .build()
+        };
+        let seed = ec2
+            .create_volume()
+            .availability_zone(format!("{REGION}a"))
+            .size(8)
+            .send()
+            .await
+            .unwrap();
+        let seed = ec2
+            .create_snapshot()
+            .volume_id(seed.volume_id().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let image = ec2
+            .register_image()
+            .name("app-base")
+            .root_device_name("/dev/sda1")
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/sda1")
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(seed.snapshot_id().unwrap())
+                            .volume_size(8)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        // The default VPC's subnet in zone a.
+        let subnets = ec2
+            .describe_subnets()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("availability-zone")
+                    .values(format!("{REGION}a"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let subnet = subnets.subnets()[0].subnet_id().unwrap().to_string();
+        let run = ec2
+            .run_instances()
+            .image_id(image.image_id().unwrap())
+            .instance_type(InstanceType::T3Small)
+            .subnet_id(&subnet)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tagged(ResourceType::Instance, "app-1"))
+            .send()
+            .await
+            .unwrap();
+        let instance = run.instances()[0].instance_id().unwrap().to_string();
+        for (device, size) in [("/dev/sdf", 10), ("/dev/sdg", 20)] {
+            let volume = ec2
+                .create_volume()
+                .availability_zone(format!("{REGION}a"))
+                .size(size)
+                .send()
+                .await
+                .unwrap();
+            ec2.attach_volume()
+                .volume_id(volume.volume_id().unwrap())
+                .instance_id(&instance)
+                .device(device)
+                .send()
+                .await
+                .unwrap();
+        }
+        let described = ec2
+            .describe_instances()
+            .instance_ids(&instance)
+            .send()
+            .await
+            .unwrap();
+        let mappings = described.reservations()[0].instances()[0].block_device_mappings();
+        let volume_at = |device: &str| {
+            mappings
+                .iter()
+                .find(|m| m.device_name() == Some(device))
+                .and_then(|m| m.ebs()?.volume_id())
+                .unwrap_or_else(|| panic!("no volume at {device}: {mappings:?}"))
+                .to_string()
+        };
+        let volumes = ["/dev/sda1", "/dev/sdf", "/dev/sdg"]
+            .map(volume_at)
+            .to_vec();
+        self.discover().await;
+        (instance, volumes)
+    }
+
     pub async fn discover(&self) {
         let (status, body) = self
             .s
