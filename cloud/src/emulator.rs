@@ -1,6 +1,7 @@
 //! The local AWS emulator: moto in server mode behind Safehold's patch layer
 //! (`emulator/safehold_emulator.py`: fault injection, pending snapshots,
-//! cross-account sharing, AMI block-device mappings). Used by tests and
+//! cross-account sharing, AMI block-device mappings, launches and volumes
+//! from shared snapshots). Used by tests and
 //! `safehold demo`; never in production.
 
 use std::collections::BTreeMap;
