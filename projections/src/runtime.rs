@@ -1,7 +1,7 @@
 //! The catch-up projector.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -64,19 +64,38 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
 
 const BATCH: i64 = 500;
 
-/// Reads the next events after a checkpoint, never past the oldest
-/// transaction still in flight.
+/// Reads the next events after a checkpoint, in `(tx_id, global_position)`
+/// order, never past the oldest transaction that may still add an event.
+///
+/// Every event below the horizon is final: its transaction had finished when
+/// the statement's snapshot was taken, so a later read can never reveal an
+/// event behind a checkpoint. The horizon is the oldest transaction still
+/// running in the snapshot (or, if none, the snapshot's `xmax`), ignoring
+/// transactions proven to run in another database of the cluster (a
+/// session's transaction writes only to its own database, and an id found in
+/// `pg_stat_activity` under another database belongs to that database for
+/// good). A transaction not found there (finished meanwhile, a prepared
+/// one, or hidden from this role) is counted. The projector's own
+/// transaction is never in its snapshot and writes no event.
 async fn next_events(
     conn: &mut PgConnection,
     after: (i64, i64),
     limit: i64,
 ) -> anyhow::Result<Vec<StoredEvent>> {
     let rows = sqlx::query(
-        "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
+        "WITH horizon AS (
+             SELECT least(pg_snapshot_xmax(s),
+                          (SELECT min(x) FROM pg_snapshot_xip(s) AS x
+                            WHERE x::xid NOT IN (SELECT a.backend_xid FROM pg_stat_activity a
+                                                  WHERE a.backend_xid IS NOT NULL
+                                                    AND a.datname <> current_database()))) AS xid
+               FROM pg_current_snapshot() AS s
+         )
+         SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
                 event_type, event_version, payload, metadata
-           FROM events
+           FROM events, horizon
           WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+            AND tx_id < horizon.xid
           ORDER BY tx_id, global_position
           LIMIT $3",
     )
@@ -176,15 +195,131 @@ pub async fn run_batch(pool: &PgPool, projection: &dyn Projection) -> anyhow::Re
     }
     save_checkpoint(&mut tx, projection.name(), new_checkpoint).await?;
     tx.commit().await?;
-    // Lag from the command to the read model being visible.
+    signal_progress();
+    observe_lag(projection.name(), &events);
+    Ok(events.len())
+}
+
+/// Lag from the command to the read model being visible.
+fn observe_lag<'a>(projection: &str, events: impl IntoIterator<Item = &'a StoredEvent>) {
     let now = Utc::now();
-    for event in &events {
+    for event in events {
         let lag = (now - event.metadata.occurred_at)
             .num_microseconds()
             .unwrap_or(0);
-        metrics::observe_lag(projection.name(), lag as f64 / 1e6);
+        metrics::observe_lag(projection, lag as f64 / 1e6);
     }
-    Ok(events.len())
+}
+
+/// Applies up to one batch of the log to every projection whose checkpoint
+/// no other process holds, in one transaction: the events are read once and
+/// the checkpoints locked and saved with one statement each, instead of a
+/// transaction per projection. Returns the number of events read (a full
+/// batch means there may be more).
+async fn run_all_batch(
+    pool: &PgPool,
+    projections: &[Arc<dyn Projection>],
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    // End the transaction explicitly on every path (see `run_batch`).
+    match apply_all_batch(&mut tx, projections).await {
+        Ok(Some((events, applied))) => {
+            tx.commit().await?;
+            signal_progress();
+            for (name, first) in applied {
+                observe_lag(name, &events[first..]);
+            }
+            Ok(events.len())
+        }
+        Ok(None) => {
+            tx.commit().await?;
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The work of `run_all_batch` inside its transaction: the events read, and
+/// for each projection run, the index of the first event it applied.
+async fn apply_all_batch(
+    tx: &mut PgConnection,
+    projections: &[Arc<dyn Projection>],
+) -> anyhow::Result<Option<(Vec<StoredEvent>, Vec<(&'static str, usize)>)>> {
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    // As in `run_batch`: read models and checkpoints commit together.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    let lock = "SELECT name, tx_id, position FROM projection_checkpoints
+                 WHERE name = ANY($1) FOR UPDATE SKIP LOCKED";
+    let mut locked: Vec<(String, i64, i64)> = sqlx::query_as(lock)
+        .bind(&names)
+        .fetch_all(&mut *tx)
+        .await?;
+    if locked.len() < names.len() {
+        // A projection's first run (or one held elsewhere: then this finds
+        // its row and skips it again).
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&names)
+        .execute(&mut *tx)
+        .await?;
+        locked = sqlx::query_as(lock)
+            .bind(&names)
+            .fetch_all(&mut *tx)
+            .await?;
+    }
+    let checkpoints: HashMap<String, (i64, i64)> = locked
+        .into_iter()
+        .map(|(name, tx_id, position)| (name, (tx_id, position)))
+        .collect();
+    let Some(after) = checkpoints.values().min().copied() else {
+        return Ok(None);
+    };
+    let events = next_events(&mut *tx, after, BATCH).await?;
+    let Some(last) = events.last().map(|e| (e.tx_id, e.position)) else {
+        return Ok(None);
+    };
+    let mut applied = Vec::new();
+    let (mut names, mut tx_ids, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+    for projection in projections {
+        let Some(&at) = checkpoints.get(projection.name()) else {
+            continue;
+        };
+        // Events are in checkpoint order: skip those already applied.
+        let first = events.partition_point(|e| (e.tx_id, e.position) <= at);
+        for event in &events[first..] {
+            projection.apply(&mut *tx, event).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "projection {} failed on event {} ({}): {e:#}",
+                    projection.name(),
+                    event.position,
+                    event.event_type
+                )
+            })?;
+        }
+        let saved = at.max(last);
+        names.push(projection.name());
+        tx_ids.push(saved.0);
+        positions.push(saved.1);
+        applied.push((projection.name(), first));
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints c
+            SET tx_id = u.tx_id, position = u.position, updated_at = now()
+           FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u (name, tx_id, position)
+          WHERE c.name = u.name",
+    )
+    .bind(&names)
+    .bind(&tx_ids)
+    .bind(&positions)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Some((events, applied)))
 }
 
 /// Empties a projection's tables and replays the whole log into them in one
@@ -214,11 +349,50 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> anyhow::Resu
 }
 
 /// Runs every projection until none has anything left to apply.
+///
+/// All projections advance together in one transaction per batch. If that
+/// fails, each projection runs on its own for this round, so one failing
+/// projection holds back only itself; its error is returned.
 pub async fn catch_up(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> anyhow::Result<()> {
-    for projection in projections {
-        while run_batch(pool, projection.as_ref()).await? > 0 {}
+    loop {
+        match run_all_batch(pool, projections).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "joint batch failed; one projection at a time");
+                let mut first_error = None;
+                for projection in projections {
+                    loop {
+                        match run_batch(pool, projection.as_ref()).await {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                first_error.get_or_insert(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                return first_error.map_or(Ok(()), Err);
+            }
+        }
     }
-    Ok(())
+}
+
+/// Bumped after every projector commit in this process, so read-your-writes
+/// waits wake up at once instead of polling.
+fn progress() -> &'static watch::Sender<u64> {
+    static PROGRESS: OnceLock<watch::Sender<u64>> = OnceLock::new();
+    PROGRESS.get_or_init(|| watch::channel(0).0)
+}
+
+/// Changes after every commit of a projector running in this process.
+pub fn progress_updates() -> watch::Receiver<u64> {
+    progress().subscribe()
+}
+
+fn signal_progress() {
+    progress().send_modify(|n| *n = n.wrapping_add(1));
 }
 
 /// Tells projectors that events were committed. Sent after the events'
@@ -300,6 +474,9 @@ impl Projector {
 
 /// Waits until every projection has applied the latest event of a stream,
 /// so an API call that just wrote can answer from the read models.
+///
+/// Checks again whenever a projector in this process commits, and at least
+/// every 20 ms (for a projector running in another process).
 pub async fn wait_for_stream(
     pool: &PgPool,
     aggregate_type: &str,
@@ -308,6 +485,8 @@ pub async fn wait_for_stream(
 ) -> anyhow::Result<bool> {
     let names: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
     let deadline = tokio::time::Instant::now() + timeout;
+    // Subscribed before the first check: a commit after it is not missed.
+    let mut progress = progress_updates();
     loop {
         // A projection without a checkpoint row has not started: not caught up.
         let done: Option<bool> = sqlx::query_scalar(
@@ -326,10 +505,12 @@ pub async fn wait_for_stream(
         if done.unwrap_or(true) {
             return Ok(true);
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let poll = Duration::from_millis(20).min(deadline - now);
+        let _ = tokio::time::timeout(poll, progress.changed()).await;
     }
 }
 
