@@ -120,13 +120,17 @@ impl Projection for AuditProjection {
         };
         let user_id = event.metadata.user_id.map(|u| u.0);
         let delegate_id = event.metadata.delegate_id.map(|u| u.0);
-        let user_name = name_of(tx, tenant, user_id).await?;
-        let delegate_name = name_of(tx, tenant, delegate_id).await?;
+        // The user's and delegate's names are looked up in the insert itself:
+        // one round trip per event instead of three.
         sqlx::query(
             "INSERT INTO audit_log (tenant_id, position, occurred_at, event_type, aggregate_type,
                     aggregate_id, description, user_id, username, delegate_id, delegate_username,
                     request_id)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,
+                     (SELECT name FROM audit_names WHERE tenant_id = $1 AND entity_id = $8),
+                     $9,
+                     (SELECT name FROM audit_names WHERE tenant_id = $1 AND entity_id = $9),
+                     $10)",
         )
         .bind(tenant)
         .bind(event.position)
@@ -136,9 +140,7 @@ impl Projection for AuditProjection {
         .bind(&event.aggregate_id)
         .bind(description)
         .bind(user_id)
-        .bind(user_name)
         .bind(delegate_id)
-        .bind(delegate_name)
         .bind(&event.metadata.request_id)
         .execute(&mut *tx)
         .await?;
