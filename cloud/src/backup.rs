@@ -1718,57 +1718,13 @@ pub async fn source_exists(config: &SdkConfig, kind: &str, id: &str) -> Result<b
                     )
                 }))
         }
-        "rds_instance" => {
-            let result = aws_sdk_rds::Client::new(config)
-                .describe_db_instances()
-                .db_instance_identifier(id)
-                .send()
-                .await
-                .map_err(CloudError::from_sdk);
-            Ok(absent_as_none(result)?.is_some_and(|out| {
-                out.db_instances()
-                    .iter()
-                    .any(|db| db.db_instance_status() != Some("deleting"))
-            }))
-        }
-        "aurora_cluster" => {
-            let result = aws_sdk_rds::Client::new(config)
-                .describe_db_clusters()
-                .db_cluster_identifier(id)
-                .send()
-                .await
-                .map_err(CloudError::from_sdk);
-            Ok(absent_as_none(result)?.is_some_and(|out| {
-                out.db_clusters()
-                    .iter()
-                    .any(|c| c.status() != Some("deleting"))
-            }))
-        }
-        "redshift_cluster" => {
-            let result = aws_sdk_redshift::Client::new(config)
-                .describe_clusters()
-                .cluster_identifier(id)
-                .send()
-                .await
-                .map_err(CloudError::from_sdk);
-            Ok(absent_as_none(result)?.is_some_and(|out| {
-                out.clusters()
-                    .iter()
-                    .any(|c| c.cluster_status() != Some("deleting"))
-            }))
-        }
-        "dynamodb_table" => {
-            let result = aws_sdk_dynamodb::Client::new(config)
-                .describe_table()
-                .table_name(id)
-                .send()
-                .await
-                .map_err(CloudError::from_sdk);
-            Ok(absent_as_none(result)?.is_some_and(|out| {
-                out.table().is_some_and(|t| {
-                    t.table_status() != Some(&aws_sdk_dynamodb::types::TableStatus::Deleting)
-                })
-            }))
+        // A database being deleted is gone for a backup.
+        "rds_instance" | "aurora_cluster" | "redshift_cluster" | "dynamodb_table" => {
+            // rds, aurora, redshift, dynamodb
+            let service = kind.split('_').next().unwrap_or(kind);
+            Ok(crate::recovery::database_status(config, service, id)
+                .await?
+                .is_some_and(|status| status != "deleting"))
         }
         other => Err(error(
             "InvalidParameterValue",

@@ -149,7 +149,11 @@ pub struct BackupDetailView {
 }
 
 /// A backup the actor may see; anything else is "not found".
-async fn visible_backup(state: &AppState, actor: &Actor, id: Uuid) -> ApiResult<BackupRow> {
+pub(crate) async fn visible_backup(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> ApiResult<BackupRow> {
     let row = read::find_backup(&state.pool, actor.tenant_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("backup"))?;

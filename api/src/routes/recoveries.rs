@@ -13,7 +13,6 @@ use safehold_domain::recovery::{
 };
 use safehold_domain::source::{InstanceRecord, SourceRecord};
 use safehold_projections::accounts::{self as accounts_read, AccountRow};
-use safehold_projections::backups as backups_read;
 use safehold_projections::recoveries::{self as read, RecoveryFilter, RecoveryRow};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -24,6 +23,7 @@ use crate::body::Json;
 use crate::error::{ApiError, ApiResult};
 use crate::pagination::{self, Page};
 use crate::routes::accounts::visible_owners;
+use crate::routes::backups;
 use crate::state::AppState;
 
 fn aws_unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -35,27 +35,13 @@ fn aws_unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The backup and its state, if the actor may see it.
-async fn visible_backup(
-    state: &AppState,
-    actor: &Actor,
-    id: Uuid,
-) -> ApiResult<(backups_read::BackupRow, BackupState)> {
-    let row = backups_read::find_backup(&state.pool, actor.tenant_id, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("backup"))?;
-    let visible = match row.owner_id {
-        Some(owner) => visible_owners(state, actor).await?.contains(&owner),
-        None => false,
-    };
-    if !visible {
-        return Err(ApiError::not_found("backup"));
-    }
-    let backup = state
+async fn visible_backup(state: &AppState, actor: &Actor, id: Uuid) -> ApiResult<BackupState> {
+    backups::visible_backup(state, actor, id).await?;
+    state
         .commands
         .load_backup(actor.tenant_id, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("backup"))?;
-    Ok((row, backup))
+        .ok_or_else(|| ApiError::not_found("backup"))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -139,7 +125,7 @@ pub async fn recovery_panel(
     path: web::Path<Uuid>,
 ) -> ApiResult<HttpResponse> {
     let actor = &auth.actor;
-    let (_, backup) = visible_backup(&state, actor, path.into_inner()).await?;
+    let backup = visible_backup(&state, actor, path.into_inner()).await?;
     let sources = rules::recovery_sources(&backup)
         .into_iter()
         .map(|l| PanelSource {
@@ -379,6 +365,28 @@ async fn live_instance(
     Ok(live.contains_key(instance))
 }
 
+/// The backed-up resource a volume recovery is about: the instance, or the
+/// first independent volume.
+fn volumes_resource(request: &VolumesRequest) -> Option<String> {
+    request
+        .instance_id
+        .clone()
+        .or_else(|| request.volumes.iter().find_map(|v| v.volume_id.clone()))
+}
+
+/// The backed-up resource a request recovers.
+fn resource_of(request: &RecoveryRequest) -> Option<String> {
+    request
+        .instance
+        .as_ref()
+        .map(|r| r.instance_id.clone())
+        .or(request.volumes.as_ref().and_then(volumes_resource))
+        .or(request.rds.as_ref().map(|r| r.db_instance_id.clone()))
+        .or(request.aurora.as_ref().map(|r| r.cluster_id.clone()))
+        .or(request.redshift.as_ref().map(|r| r.cluster_id.clone()))
+        .or(request.dynamodb.as_ref().map(|r| r.table_name.clone()))
+}
+
 /// The plan the request asks for.
 fn plan(
     request: &mut RecoveryRequest,
@@ -433,12 +441,7 @@ fn plan(
             rules::plan_instance(r, &ctx).map_err(under("instance"))?,
         ))
     } else if let Some(r) = request.volumes.take() {
-        let resource = r
-            .instance_id
-            .clone()
-            .or_else(|| r.volumes.iter().find_map(|v| v.volume_id.clone()))
-            .unwrap_or_default();
-        let ctx = context(&resource);
+        let ctx = context(&volumes_resource(&r).unwrap_or_default());
         RecoveryPlan::Volumes(rules::plan_volumes(r, &ctx).map_err(under("volumes"))?)
     } else if let Some(r) = request.rds.take() {
         let ctx = context(&r.db_instance_id);
@@ -525,7 +528,7 @@ pub async fn start_recovery(
     body: Json<RecoveryRequest>,
 ) -> ApiResult<HttpResponse> {
     let actor = &auth.actor;
-    let (_, backup) = visible_backup(&state, actor, path.into_inner()).await?;
+    let backup = visible_backup(&state, actor, path.into_inner()).await?;
     actor.authorize(Action::Recover)?;
     if backup.deleted {
         return Err(ApiError::conflict(
@@ -548,19 +551,7 @@ pub async fn start_recovery(
                 )
             })
     };
-    let resource_region = request
-        .instance
-        .as_ref()
-        .map(|r| r.instance_id.clone())
-        .or(request.volumes.as_ref().and_then(|r| {
-            r.instance_id
-                .clone()
-                .or_else(|| r.volumes.iter().find_map(|v| v.volume_id.clone()))
-        }))
-        .or(request.rds.as_ref().map(|r| r.db_instance_id.clone()))
-        .or(request.aurora.as_ref().map(|r| r.cluster_id.clone()))
-        .or(request.redshift.as_ref().map(|r| r.cluster_id.clone()))
-        .or(request.dynamodb.as_ref().map(|r| r.table_name.clone()))
+    let resource_region = resource_of(&request)
         .and_then(|resource| rules::home_region(&backup, &resource).map(str::to_string));
     let source = Location {
         account_id: request.source_account_id.unwrap_or(backup.account_id),
