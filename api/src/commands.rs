@@ -3,15 +3,23 @@
 //! response (and the client's next read) sees the change.
 //!
 //! Aggregates are loaded from their snapshot (see [`SnapshotRepository`]):
-//! a command costs one read and one write whatever the length of its stream.
+//! a command costs one read and one write whatever the length of its stream,
+//! and only the write when this process ran the aggregate's previous command
+//! (see [`Runner`]).
 
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistedEventStore, PersistenceError, ReplayStream, SerializedEvent,
     SerializedSnapshot,
 };
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
+use lru::LruCache;
 use postgres_es::PostgresEventRepository;
 use safehold_domain::account::{Account, AccountCommand};
 use safehold_domain::backup::{Backup, BackupCommand, BackupState};
@@ -25,6 +33,7 @@ use safehold_domain::{CommandMetadata, DomainError, TenantId, UserId};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
+use crate::append_queue::AppendQueue;
 use crate::error::ApiError;
 
 const CONFLICT_RETRIES: usize = 5;
@@ -34,23 +43,177 @@ const READ_MODEL_WAIT: Duration = Duration::from_secs(5);
 /// aggregate, which is the starting point of every load.
 pub type Store<A> = PersistedEventStore<SnapshotRepository, A>;
 
-/// Runs an aggregate's commands against [`Store`].
-pub type Cqrs<A> = CqrsFramework<A, Store<A>>;
-
 pub struct Commands {
     pool: PgPool,
-    tenants: Cqrs<Tenant>,
-    users: Cqrs<User>,
-    accounts: Cqrs<Account>,
-    policies: Cqrs<Policy>,
-    schedules: Cqrs<Schedule>,
-    backups: Cqrs<Backup>,
-    recoveries: Cqrs<Recovery>,
+    tenants: Runner<Tenant>,
+    users: Runner<User>,
+    accounts: Runner<Account>,
+    policies: Runner<Policy>,
+    schedules: Runner<Schedule>,
+    backups: Runner<Backup>,
+    recoveries: Runner<Recovery>,
 }
 
-/// The command framework of one aggregate type, as the API runs it.
-pub fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> Cqrs<A> {
-    CqrsFramework::new(store(pool), vec![], ())
+/// The command runner of one aggregate type, as the API runs it.
+pub fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> Runner<A> {
+    Runner::new(pool)
+}
+
+/// How many aggregates of each type a [`Runner`] keeps the latest state of.
+const RECENT_STATES: usize = 4096;
+
+/// Runs an aggregate's commands: load, decide, append.
+///
+/// The runner remembers the state each aggregate had after the last command
+/// it ran (or load it made) and decides the next command on it without
+/// reading the log. That is safe because of how appends are checked: events
+/// decided on the state as of sequence `n` are appended as `n + 1…`, which
+/// fails if anyone appended after `n`, so an append that succeeds proves
+/// the state was current, as a fresh load would. A conflict forgets the
+/// state and the command is decided again on the log. A decision that
+/// appends nothing (a rejection or a no-op) proves nothing, so it is taken
+/// again on a fresh load before it is answered.
+pub struct Runner<A: Aggregate> {
+    repo: SnapshotRepository,
+    recent: Mutex<LruCache<String, (Value, usize)>>,
+    aggregate: PhantomData<A>,
+}
+
+/// What deciding a command on a given state led to.
+enum Decision<A: Aggregate> {
+    Appended,
+    /// Someone appended after the state the decision was taken on.
+    Conflict,
+    /// Rejected, or nothing to record.
+    NothingAppended(Result<(), AggregateError<A::Error>>),
+}
+
+impl<A: Aggregate<Services = ()>> Runner<A> {
+    pub fn new(pool: &PgPool) -> Self {
+        Self {
+            repo: SnapshotRepository::new(pool.clone()),
+            recent: Mutex::new(LruCache::new(
+                NonZeroUsize::new(RECENT_STATES).expect("non-zero"),
+            )),
+            aggregate: PhantomData,
+        }
+    }
+
+    /// Runs `command` on the aggregate `aggregate_id`. A concurrent append
+    /// answers [`AggregateError::AggregateConflict`]: the caller retries.
+    pub async fn execute_with_metadata(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: HashMap<String, String>,
+    ) -> Result<(), AggregateError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        if let Some((aggregate, sequence)) = self.remembered(aggregate_id) {
+            match self
+                .decide(
+                    aggregate_id,
+                    aggregate,
+                    sequence,
+                    command.clone(),
+                    &metadata,
+                )
+                .await?
+            {
+                Decision::Appended => return Ok(()),
+                // Decide again on the log.
+                Decision::Conflict | Decision::NothingAppended(_) => self.forget(aggregate_id),
+            }
+        }
+        let (aggregate, sequence) = self.load(aggregate_id).await?;
+        match self
+            .decide(aggregate_id, aggregate, sequence, command, &metadata)
+            .await?
+        {
+            Decision::Appended => Ok(()),
+            Decision::Conflict => {
+                self.forget(aggregate_id);
+                Err(AggregateError::AggregateConflict)
+            }
+            Decision::NothingAppended(answer) => answer,
+        }
+    }
+
+    /// The aggregate as of its last event, from the log; remembered.
+    async fn load(&self, aggregate_id: &str) -> Result<(A, usize), AggregateError<A::Error>> {
+        let Some(snapshot) = self.repo.get_snapshot::<A>(aggregate_id).await? else {
+            return Ok((A::default(), 0));
+        };
+        let aggregate = serde_json::from_value(snapshot.aggregate.clone())?;
+        self.remember(aggregate_id, snapshot.aggregate, snapshot.current_sequence);
+        Ok((aggregate, snapshot.current_sequence))
+    }
+
+    /// Decides `command` on `aggregate` (as of `sequence`) and appends the
+    /// events, with the new state as the snapshot when one is due.
+    async fn decide(
+        &self,
+        aggregate_id: &str,
+        mut aggregate: A,
+        sequence: usize,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Decision<A>, AggregateError<A::Error>> {
+        let sink = EventSink::default();
+        if let Err(e) = aggregate.handle(command, &(), &sink).await {
+            return Ok(Decision::NothingAppended(Err(AggregateError::UserError(e))));
+        }
+        // The sink has applied the events to `aggregate`: it is the new state.
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Decision::NothingAppended(Ok(())));
+        }
+        let metadata = serde_json::to_value(metadata)?;
+        let serialized = events
+            .iter()
+            .zip(sequence + 1..)
+            .map(|(event, sequence)| {
+                Ok(SerializedEvent {
+                    aggregate_id: aggregate_id.to_string(),
+                    sequence,
+                    aggregate_type: A::TYPE.to_string(),
+                    event_type: event.event_type(),
+                    event_version: event.event_version(),
+                    payload: serde_json::to_value(event)?,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        let last = sequence + events.len();
+        let state = serde_json::to_value(&aggregate)?;
+        let snapshot = (aggregate_id.to_string(), state.clone(), last);
+        match self.repo.persist::<A>(&serialized, Some(snapshot)).await {
+            Ok(()) => {
+                self.remember(aggregate_id, state, last);
+                Ok(Decision::Appended)
+            }
+            Err(PersistenceError::OptimisticLockError) => Ok(Decision::Conflict),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn remembered(&self, aggregate_id: &str) -> Option<(A, usize)> {
+        let (state, sequence) = self.recent.lock().ok()?.get(aggregate_id)?.clone();
+        Some((serde_json::from_value(state).ok()?, sequence))
+    }
+
+    fn remember(&self, aggregate_id: &str, state: Value, sequence: usize) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.put(aggregate_id.to_string(), (state, sequence));
+        }
+    }
+
+    fn forget(&self, aggregate_id: &str) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.pop(aggregate_id);
+        }
+    }
 }
 
 /// The store an aggregate is loaded from and appended to.
@@ -86,6 +249,8 @@ pub fn store<A: Aggregate>(pool: &PgPool) -> Store<A> {
 pub struct SnapshotRepository {
     pool: PgPool,
     events: PostgresEventRepository,
+    /// Single-event appends, committed together (started on first use).
+    appends: OnceLock<AppendQueue>,
 }
 
 impl SnapshotRepository {
@@ -93,6 +258,7 @@ impl SnapshotRepository {
         Self {
             events: PostgresEventRepository::new(pool.clone()),
             pool,
+            appends: OnceLock::new(),
         }
     }
 }
@@ -139,7 +305,7 @@ SELECT $1, $2, max(sequence), $8, $9::json FROM appended
     })
 }
 
-fn persistence_error(e: sqlx::Error) -> PersistenceError {
+pub(crate) fn persistence_error(e: sqlx::Error) -> PersistenceError {
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
             PersistenceError::OptimisticLockError
@@ -266,11 +432,19 @@ impl PersistedEventRepository for SnapshotRepository {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
-        // cqrs-es (aggregate store) hands over the new state with every
-        // append; keep it only at a multiple of `SNAPSHOT_EVERY`.
+        // The runner hands over the new state with every append; keep it
+        // only at a multiple of `SNAPSHOT_EVERY`.
         let crosses =
             (first.sequence as i64 - 1) / SNAPSHOT_EVERY != last.sequence as i64 / SNAPSHOT_EVERY;
         let snapshot_update = snapshot_update.filter(|_| crosses);
+        if let ([event], None) = (events, &snapshot_update) {
+            // The usual case: committed with the other commands' events.
+            return self
+                .appends
+                .get_or_init(|| AppendQueue::start(self.pool.clone()))
+                .append(event.clone())
+                .await;
+        }
         let sequences: Vec<i64> = events.iter().map(|e| e.sequence as i64).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
@@ -321,9 +495,9 @@ impl Commands {
         }
     }
 
-    async fn run<A: Aggregate<Error = DomainError>>(
+    async fn run<A: Aggregate<Error = DomainError, Services = ()>>(
         &self,
-        cqrs: &Cqrs<A>,
+        cqrs: &Runner<A>,
         stream: String,
         command: A::Command,
         meta: &CommandMetadata,
@@ -480,8 +654,9 @@ impl Commands {
 mod tests {
     use std::collections::HashMap;
 
-    use safehold_domain::access::UserKind;
+    use safehold_domain::access::{DelegatePermissions, UserKind};
     use safehold_domain::user::ResourceLimits;
+    use serde_json::json;
     use uuid::Uuid;
 
     use super::*;
@@ -649,5 +824,133 @@ mod tests {
             snapshot(&pool, &stream).await,
             (3 * SNAPSHOT_EVERY, expected.1)
         );
+    }
+
+    #[tokio::test]
+    async fn remembered_states_are_trusted_only_as_far_as_the_append_proves() {
+        let pool = database().await;
+        let tenant = TenantId(Uuid::new_v4());
+        let delegate = UserId(Uuid::new_v4());
+        let stream = stream_id(tenant, delegate.0);
+        let runner = framework::<User>(&pool);
+        // A writer this runner does not hear about.
+        let other = postgres_es::postgres_cqrs::<User>(pool.clone(), vec![], ());
+        let permissions =
+            |allow_recovery, allow_account_changes| UserCommand::SetDelegatePermissions {
+                permissions: DelegatePermissions {
+                    allow_recovery,
+                    allow_account_changes,
+                    allow_backup_changes: false,
+                },
+            };
+        let create = UserCommand::Create {
+            id: delegate,
+            tenant_id: tenant,
+            username: "stale".into(),
+            email: None,
+            kind: UserKind::Delegate {
+                of: UserId(Uuid::new_v4()),
+                permissions: DelegatePermissions::default(),
+            },
+            limits: ResourceLimits::default(),
+            must_change_password: false,
+        };
+        runner
+            .execute_with_metadata(&stream, create, meta(tenant))
+            .await
+            .unwrap();
+        runner
+            .execute_with_metadata(&stream, permissions(true, false), meta(tenant))
+            .await
+            .unwrap();
+        let recovery_allowed =
+            |state: &Value| state["state"]["kind"]["permissions"]["allow_recovery"].clone();
+
+        // On the remembered state this is a no-op; on the log it is a change.
+        other
+            .execute_with_metadata(&stream, permissions(false, false), meta(tenant))
+            .await
+            .unwrap();
+        runner
+            .execute_with_metadata(&stream, permissions(true, false), meta(tenant))
+            .await
+            .unwrap();
+        let (sequence, state) = replayed(&pool, &stream).await;
+        assert_eq!(sequence, 4, "the no-op was decided again on the log");
+        assert_eq!(recovery_allowed(&state), json!(true), "{state}");
+
+        // Events decided on a stale state conflict and are decided again.
+        other
+            .execute_with_metadata(&stream, permissions(false, false), meta(tenant))
+            .await
+            .unwrap();
+        runner
+            .execute_with_metadata(&stream, permissions(false, true), meta(tenant))
+            .await
+            .unwrap();
+        let (sequence, state) = replayed(&pool, &stream).await;
+        assert_eq!(sequence, 6);
+        assert_eq!(loaded(&pool, &stream).await, (sequence, state));
+
+        // A command the log rejects is rejected, whatever was remembered.
+        other
+            .execute_with_metadata(&stream, UserCommand::Delete, meta(tenant))
+            .await
+            .unwrap();
+        let answer = runner
+            .execute_with_metadata(&stream, permissions(true, true), meta(tenant))
+            .await;
+        assert!(
+            matches!(
+                answer,
+                Err(AggregateError::UserError(DomainError::NotFound(_)))
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(replayed(&pool, &stream).await.0, 7, "nothing appended");
+    }
+
+    #[tokio::test]
+    async fn single_event_appends_commit_together_and_each_answers_for_itself() {
+        let pool = database().await;
+        let tenant = TenantId(Uuid::new_v4());
+        let event = |stream: &str, n: u32| SerializedEvent {
+            aggregate_id: stream.to_string(),
+            sequence: 1,
+            aggregate_type: "probe".into(),
+            event_type: "Probed".into(),
+            event_version: "1".into(),
+            payload: json!({ "n": n }),
+            metadata: serde_json::to_value(meta(tenant)).unwrap(),
+        };
+        let queue = crate::append_queue::AppendQueue::start(pool.clone());
+        queue.append(event("taken", 0)).await.unwrap();
+
+        // On this single-threaded runtime every append below is queued
+        // before the writer runs: they meet in its first statement.
+        let streams: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let mut events: Vec<_> = streams.iter().map(|s| event(s, 1)).collect();
+        events.push(event("s0", 2));
+        events.push(event("taken", 2));
+        let answers = futures::future::join_all(events.into_iter().map(|e| queue.append(e))).await;
+        for (i, answer) in answers.iter().enumerate() {
+            match i {
+                0..10 => assert!(answer.is_ok(), "{i}: {answer:?}"),
+                _ => assert!(
+                    matches!(answer, Err(PersistenceError::OptimisticLockError)),
+                    "{i}: {answer:?}"
+                ),
+            }
+        }
+        let (rows, transactions, payloads): (i64, i64, Vec<Value>) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT tx_id), array_agg(payload::jsonb ORDER BY aggregate_id)
+               FROM events WHERE aggregate_id LIKE 's%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(rows, 10);
+        assert_eq!(transactions, 1, "one statement, one commit");
+        assert_eq!(payloads[0], json!({ "n": 1 }), "the first append of s0 won");
     }
 }

@@ -2,6 +2,7 @@
 //! problem+json errors. Handlers stay thin: rules live in `safehold-domain`,
 //! reads in `safehold-projections`.
 
+mod append_queue;
 pub mod auth;
 pub mod body;
 pub mod commands;

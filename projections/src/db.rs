@@ -11,12 +11,33 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()?
         .application_name(&format!("safehold/{}", std::process::id()));
-    let pool = PgPoolOptions::new()
+    let pool = pool_options()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// How long a pooled connection may sit idle before it is checked on its
+/// way out of the pool.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(30);
+
+/// Pool settings shared by every pool Safehold opens. A connection is
+/// pinged before use only after sitting idle (when a server restart or a
+/// firewall may have dropped it), not before every query: that would
+/// double the round trips of a busy service.
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Applies Safehold's migrations. Other migrators (the job queue's) share the

@@ -1,7 +1,8 @@
 //! The catch-up projector.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,7 +10,7 @@ use chrono::Utc;
 use safehold_domain::CommandMetadata;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 /// One event as read from the log.
 #[derive(Debug, Clone)]
@@ -47,6 +48,23 @@ pub trait Projection: Send + Sync {
     fn tables(&self) -> &'static [&'static str];
     /// Applies one event inside the batch's transaction.
     async fn apply(&self, tx: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()>;
+
+    /// Applies events in log order inside the batch's transaction. One by
+    /// one unless the projection overrides it: a projection that sees most
+    /// events turns a batch into a few set-based statements, since under
+    /// load the projector's cost is its round trips, not the work in them.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            self.apply(tx, event).await.map_err(|e| {
+                e.context(format!("event {} ({})", event.position, event.event_type))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {
@@ -164,11 +182,6 @@ async fn save_checkpoint(
 /// applied; 0 when caught up or when another process holds the checkpoint.
 pub async fn run_batch(pool: &PgPool, projection: &dyn Projection) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    // Read models and their checkpoint commit together, so a batch lost in a
-    // crash is simply projected again: no need to wait for the disk flush.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
     // End the transaction explicitly on every path: a dropped one is rolled
     // back only when its connection is next used, and until then it would
     // hold the checkpoint lock.
@@ -182,20 +195,15 @@ pub async fn run_batch(pool: &PgPool, projection: &dyn Projection) -> anyhow::Re
         return Ok(0);
     };
     let new_checkpoint = (last.tx_id, last.position);
-    for event in &events {
-        if let Err(e) = projection.apply(&mut tx, event).await {
-            let _ = tx.rollback().await;
-            return Err(anyhow::anyhow!(
-                "projection {} failed on event {} ({}): {e:#}",
-                projection.name(),
-                event.position,
-                event.event_type
-            ));
-        }
+    if let Err(e) = projection.apply_batch(&mut tx, &events).await {
+        let _ = tx.rollback().await;
+        return Err(anyhow::anyhow!(
+            "projection {} failed: {e:#}",
+            projection.name()
+        ));
     }
     save_checkpoint(&mut tx, projection.name(), new_checkpoint).await?;
     tx.commit().await?;
-    signal_progress();
     observe_lag(projection.name(), &events);
     Ok(events.len())
 }
@@ -211,6 +219,16 @@ fn observe_lag<'a>(projection: &str, events: impl IntoIterator<Item = &'a Stored
     }
 }
 
+/// What one joint batch did.
+struct JointBatch {
+    events: Vec<StoredEvent>,
+    /// For each projection run, the index of the first event it applied.
+    applied: Vec<(&'static str, usize)>,
+    /// The position every projection has reached once the batch commits,
+    /// when this process held all their checkpoints.
+    reached: Option<(i64, i64)>,
+}
+
 /// Applies up to one batch of the log to every projection whose checkpoint
 /// no other process holds, in one transaction: the events are read once and
 /// the checkpoints locked and saved with one statement each, instead of a
@@ -223,17 +241,15 @@ async fn run_all_batch(
     let mut tx = pool.begin().await?;
     // End the transaction explicitly on every path (see `run_batch`).
     match apply_all_batch(&mut tx, projections).await {
-        Ok(Some((events, applied))) => {
+        Ok(batch) => {
             tx.commit().await?;
-            signal_progress();
-            for (name, first) in applied {
-                observe_lag(name, &events[first..]);
+            if let Some(reached) = batch.reached {
+                signals(pool).projected(reached);
             }
-            Ok(events.len())
-        }
-        Ok(None) => {
-            tx.commit().await?;
-            Ok(0)
+            for (name, first) in batch.applied {
+                observe_lag(name, &batch.events[first..]);
+            }
+            Ok(batch.events.len())
         }
         Err(e) => {
             let _ = tx.rollback().await;
@@ -242,17 +258,12 @@ async fn run_all_batch(
     }
 }
 
-/// The work of `run_all_batch` inside its transaction: the events read, and
-/// for each projection run, the index of the first event it applied.
+/// The work of `run_all_batch` inside its transaction.
 async fn apply_all_batch(
     tx: &mut PgConnection,
     projections: &[Arc<dyn Projection>],
-) -> anyhow::Result<Option<(Vec<StoredEvent>, Vec<(&'static str, usize)>)>> {
+) -> anyhow::Result<JointBatch> {
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
-    // As in `run_batch`: read models and checkpoints commit together.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
     let lock = "SELECT name, tx_id, position FROM projection_checkpoints
                  WHERE name = ANY($1) FOR UPDATE SKIP LOCKED";
     let mut locked: Vec<(String, i64, i64)> = sqlx::query_as(lock)
@@ -277,37 +288,44 @@ async fn apply_all_batch(
         .into_iter()
         .map(|(name, tx_id, position)| (name, (tx_id, position)))
         .collect();
+    // Only a pass over every projection can say where they all stand.
+    let holds_all = all_projections()
+        .iter()
+        .all(|p| checkpoints.contains_key(p.name()));
+    let mut batch = JointBatch {
+        events: Vec::new(),
+        applied: Vec::new(),
+        reached: checkpoints.values().min().copied().filter(|_| holds_all),
+    };
     let Some(after) = checkpoints.values().min().copied() else {
-        return Ok(None);
+        return Ok(batch);
     };
-    let events = next_events(&mut *tx, after, BATCH).await?;
-    let Some(last) = events.last().map(|e| (e.tx_id, e.position)) else {
-        return Ok(None);
+    batch.events = next_events(&mut *tx, after, BATCH).await?;
+    let Some(last) = batch.events.last().map(|e| (e.tx_id, e.position)) else {
+        return Ok(batch);
     };
-    let mut applied = Vec::new();
     let (mut names, mut tx_ids, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut reached = None::<(i64, i64)>;
     for projection in projections {
         let Some(&at) = checkpoints.get(projection.name()) else {
             continue;
         };
         // Events are in checkpoint order: skip those already applied.
-        let first = events.partition_point(|e| (e.tx_id, e.position) <= at);
-        for event in &events[first..] {
-            projection.apply(&mut *tx, event).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "projection {} failed on event {} ({}): {e:#}",
-                    projection.name(),
-                    event.position,
-                    event.event_type
-                )
-            })?;
-        }
+        let first = batch
+            .events
+            .partition_point(|e| (e.tx_id, e.position) <= at);
+        projection
+            .apply_batch(&mut *tx, &batch.events[first..])
+            .await
+            .map_err(|e| anyhow::anyhow!("projection {} failed: {e:#}", projection.name()))?;
         let saved = at.max(last);
+        reached = Some(reached.map_or(saved, |r| r.min(saved)));
         names.push(projection.name());
         tx_ids.push(saved.0);
         positions.push(saved.1);
-        applied.push((projection.name(), first));
+        batch.applied.push((projection.name(), first));
     }
+    batch.reached = reached.filter(|_| holds_all);
     sqlx::query(
         "UPDATE projection_checkpoints c
             SET tx_id = u.tx_id, position = u.position, updated_at = now()
@@ -319,7 +337,7 @@ async fn apply_all_batch(
     .bind(&positions)
     .execute(&mut *tx)
     .await?;
-    Ok(Some((events, applied)))
+    Ok(batch)
 }
 
 /// Empties a projection's tables and replays the whole log into them in one
@@ -338,9 +356,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> anyhow::Resu
         let events = next_events(&mut tx, at, BATCH).await?;
         let Some(last) = events.last() else { break };
         at = (last.tx_id, last.position);
-        for event in &events {
-            projection.apply(&mut tx, event).await?;
-        }
+        projection.apply_batch(&mut tx, &events).await?;
         total += events.len();
     }
     save_checkpoint(&mut tx, projection.name(), at).await?;
@@ -348,7 +364,9 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> anyhow::Resu
     Ok(total)
 }
 
-/// Runs every projection until none has anything left to apply.
+/// Runs every projection until a batch finds less than a full batch of
+/// events, i.e. until the projections have applied every event committed
+/// before the last read.
 ///
 /// All projections advance together in one transaction per batch. If that
 /// fails, each projection runs on its own for this round, so one failing
@@ -356,7 +374,7 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> anyhow::Resu
 pub async fn catch_up(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> anyhow::Result<()> {
     loop {
         match run_all_batch(pool, projections).await {
-            Ok(0) => return Ok(()),
+            Ok(n) if n < BATCH as usize => return Ok(()),
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %format!("{e:#}"), "joint batch failed; one projection at a time");
@@ -379,37 +397,105 @@ pub async fn catch_up(pool: &PgPool, projections: &[Arc<dyn Projection>]) -> any
     }
 }
 
-/// Bumped after every projector commit in this process, so read-your-writes
-/// waits wake up at once instead of polling.
-fn progress() -> &'static watch::Sender<u64> {
-    static PROGRESS: OnceLock<watch::Sender<u64>> = OnceLock::new();
-    PROGRESS.get_or_init(|| watch::channel(0).0)
+/// What the writers, the projector and the read-your-writes waits of one
+/// database tell each other inside this process, without a round trip to
+/// Postgres. Kept per database: tests and benchmarks run several servers in
+/// one process.
+struct Signals {
+    /// Changes whenever events were committed: wakes the projector.
+    committed: watch::Sender<u64>,
+    /// The position every projection had reached at the last commit of a
+    /// projector in this process that held all their checkpoints; never
+    /// ahead of the checkpoints, so waits can trust it.
+    projected: watch::Sender<Option<(i64, i64)>>,
+    /// Asks the notifier to tell projectors in other processes.
+    notify_wanted: Notify,
+    notifier_started: AtomicBool,
 }
 
-/// Changes after every commit of a projector running in this process.
-pub fn progress_updates() -> watch::Receiver<u64> {
-    progress().subscribe()
-}
-
-fn signal_progress() {
-    progress().send_modify(|n| *n = n.wrapping_add(1));
-}
-
-/// Tells projectors that events were committed. Sent after the events'
-/// transaction, never inside it: Postgres serialises the commits of
-/// transactions that notify, which would cost every append its group commit.
-pub async fn notify_committed(pool: &PgPool) {
-    if let Err(e) = sqlx::query("SELECT pg_notify('safehold_events', '')")
-        .execute(pool)
-        .await
-    {
-        tracing::debug!(error = %e, "notify failed; projectors will poll");
+impl Signals {
+    fn projected(&self, reached: (i64, i64)) {
+        self.projected.send_if_modified(|at| {
+            let newer = at.is_none_or(|at| at < reached);
+            if newer {
+                *at = Some(reached);
+            }
+            newer
+        });
     }
 }
 
-/// The background runner: wakes on each notification and at least every
-/// `poll` (other writers, and a commit held back by an older open
-/// transaction, are picked up by polling).
+fn signals(pool: &PgPool) -> Arc<Signals> {
+    static ALL: OnceLock<Mutex<HashMap<String, Arc<Signals>>>> = OnceLock::new();
+    let options = pool.connect_options();
+    let database = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let mut all = ALL.get_or_init(Default::default).lock().expect("signals");
+    all.entry(database)
+        .or_insert_with(|| {
+            Arc::new(Signals {
+                committed: watch::channel(0).0,
+                projected: watch::channel(None).0,
+                notify_wanted: Notify::new(),
+                notifier_started: AtomicBool::new(false),
+            })
+        })
+        .clone()
+}
+
+/// Changes whenever a projector in this process has applied more of the
+/// log of `pool`'s database: the position every projection has reached.
+pub fn projected_updates(pool: &PgPool) -> watch::Receiver<Option<(i64, i64)>> {
+    signals(pool).projected.subscribe()
+}
+
+/// Tells projectors that events were committed: the projector in this
+/// process at once, and those in other processes by a NOTIFY.
+///
+/// Sent after the events' transaction, never inside it: Postgres serialises
+/// the commits of transactions that notify, which would cost every append
+/// its group commit. One task per database sends the NOTIFYs, at most one
+/// every [`NOTIFY_INTERVAL`], each covering every commit before it: a busy
+/// API does not pay a round trip per command.
+pub async fn notify_committed(pool: &PgPool) {
+    let signals = signals(pool);
+    signals.committed.send_modify(|n| *n = n.wrapping_add(1));
+    if !signals.notifier_started.swap(true, Ordering::AcqRel) {
+        tokio::spawn(send_notifications(pool.clone(), signals.clone()));
+    }
+    signals.notify_wanted.notify_one();
+}
+
+/// The shortest time between two NOTIFYs to other processes' projectors
+/// (which also poll every 50 ms).
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
+async fn send_notifications(pool: PgPool, signals: Arc<Signals>) {
+    loop {
+        // A commit while the NOTIFY is sent leaves a permit: it gets the next.
+        signals.notify_wanted.notified().await;
+        if let Err(e) = sqlx::query("SELECT pg_notify('safehold_events', '')")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "notify failed; projectors will poll");
+        }
+        tokio::time::sleep(NOTIFY_INTERVAL).await;
+    }
+}
+
+/// The shortest time from one pass of the projector to the next. A pass
+/// costs a few round trips whatever it applies: while commands keep coming,
+/// waiting a moment lets each pass apply many events instead of a few.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(5);
+
+/// The background runner: wakes when this process commits events, on each
+/// notification from other processes, and at least every `poll` (a commit
+/// held back by an older open transaction is picked up by polling).
 #[derive(Clone)]
 pub struct Projector {
     pool: PgPool,
@@ -417,7 +503,17 @@ pub struct Projector {
 }
 
 impl Projector {
+    /// A projector on the database of `pool`, with connections of its own.
     pub fn new(pool: PgPool) -> Self {
+        // Read models and their checkpoints commit together, so a batch lost
+        // in a crash is simply projected again: the projector need not wait
+        // for its commits to reach the disk.
+        let options = (*pool.connect_options())
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let pool = crate::db::pool_options()
+            .max_connections(2)
+            .connect_lazy_with(options);
         Self {
             pool,
             projections: Arc::new(all_projections()),
@@ -435,6 +531,7 @@ impl Projector {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let poll = Duration::from_millis(50);
+        let mut committed = signals(&self.pool).committed.subscribe();
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut l) => match l.listen("safehold_events").await {
                 Ok(()) => Some(l),
@@ -452,22 +549,29 @@ impl Projector {
             if *stop.borrow() {
                 return;
             }
+            // Seen before reading the log: a commit during the pass wakes
+            // the next one.
+            committed.borrow_and_update();
+            let started = tokio::time::Instant::now();
             if let Err(e) = self.catch_up().await {
                 tracing::error!(error = %format!("{e:#}"), "projection batch failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let wake = async {
+            let notified = async {
                 match &mut listener {
                     Some(l) => {
-                        let _ = tokio::time::timeout(poll, l.try_recv()).await;
+                        let _ = l.try_recv().await;
                     }
-                    None => tokio::time::sleep(poll).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                _ = wake => {}
+                _ = notified => {}
+                _ = committed.changed() => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = stop.changed() => {}
             }
+            tokio::time::sleep_until(started + MIN_PASS_INTERVAL).await;
         }
     }
 }
@@ -475,43 +579,73 @@ impl Projector {
 /// Waits until every projection has applied the latest event of a stream,
 /// so an API call that just wrote can answer from the read models.
 ///
-/// Checks again whenever a projector in this process commits, and at least
-/// every 20 ms (for a projector running in another process).
+/// Finds the event's position once, then compares it with what the
+/// projector of this process reports after each commit; the checkpoints
+/// themselves are read every 20 ms (a projector in another process).
 pub async fn wait_for_stream(
     pool: &PgPool,
     aggregate_type: &str,
     aggregate_id: &str,
     timeout: Duration,
 ) -> anyhow::Result<bool> {
-    let names: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
     let deadline = tokio::time::Instant::now() + timeout;
-    // Subscribed before the first check: a commit after it is not missed.
-    let mut progress = progress_updates();
+    // Subscribed before the event is looked up: no later commit is missed.
+    let mut projected = projected_updates(pool);
+    let target: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT tx_id::text::bigint, global_position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+          ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(target) = target else {
+        return Ok(true);
+    };
+    let names: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
+    // A projector in this process reports at once: read the checkpoints
+    // only if it does not.
+    let mut next_read = tokio::time::Instant::now();
+    if projected.borrow().is_some() {
+        next_read += Duration::from_millis(20);
+    }
     loop {
-        // A projection without a checkpoint row has not started: not caught up.
-        let done: Option<bool> = sqlx::query_scalar(
-            "SELECT bool_and(coalesce((c.tx_id, c.position) >= (e.tx, e.global_position), false))
-               FROM (SELECT tx_id::text::bigint AS tx, global_position FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2
-                      ORDER BY sequence DESC LIMIT 1) e
-              CROSS JOIN unnest($3::text[]) AS p(name)
-               LEFT JOIN projection_checkpoints c ON c.name = p.name",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(&names)
-        .fetch_one(pool)
-        .await?;
-        if done.unwrap_or(true) {
+        if projected.borrow_and_update().is_some_and(|at| at >= target) {
             return Ok(true);
         }
         let now = tokio::time::Instant::now();
+        if now >= next_read {
+            if checkpoints_reached(pool, &names, target).await? {
+                return Ok(true);
+            }
+            next_read = now + Duration::from_millis(20);
+        }
         if now >= deadline {
             return Ok(false);
         }
-        let poll = Duration::from_millis(20).min(deadline - now);
-        let _ = tokio::time::timeout(poll, progress.changed()).await;
+        let _ = tokio::time::timeout_at(next_read.min(deadline), projected.changed()).await;
     }
+}
+
+/// Whether every projection's checkpoint is at or past `target`. A
+/// projection without a checkpoint row has not started: not caught up.
+async fn checkpoints_reached(
+    pool: &PgPool,
+    names: &[&str],
+    target: (i64, i64),
+) -> anyhow::Result<bool> {
+    let reached: Option<bool> = sqlx::query_scalar(
+        "SELECT bool_and(coalesce((c.tx_id, c.position) >= ($2, $3), false))
+           FROM unnest($1::text[]) AS p(name)
+           LEFT JOIN projection_checkpoints c ON c.name = p.name",
+    )
+    .bind(names)
+    .bind(target.0)
+    .bind(target.1)
+    .fetch_one(pool)
+    .await?;
+    Ok(reached.unwrap_or(false))
 }
 
 pub mod metrics {

@@ -1,9 +1,11 @@
 //! Read model of users and their API keys, and the queries the API runs on it.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use safehold_domain::access::{PrincipalKind, UserKind};
+use safehold_domain::access::{DelegatePermissions, PrincipalKind, UserKind};
 use safehold_domain::user::{ResourceLimits, User, UserEvent};
 use safehold_domain::{TenantId, UserId};
 use sqlx::{PgConnection, PgPool};
@@ -46,24 +48,100 @@ impl Projection for UsersProjection {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        if event.aggregate_type != User::TYPE {
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    /// Permission changes, the users' frequent event, are gathered and
+    /// written with one statement; any other change first writes those
+    /// gathered so far, so rows see every change in log order.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let mut permissions = PermissionChanges::default();
+        for event in events.iter().filter(|e| e.aggregate_type == User::TYPE) {
+            let tenant = event.metadata.tenant_id.0;
+            let user = event
+                .entity_id()
+                .ok_or_else(|| anyhow::anyhow!("bad user stream id {}", event.aggregate_id))?;
+            let at = event.metadata.occurred_at;
+            let decoded = event.decode::<UserEvent>().map_err(|e| {
+                e.context(format!("event {} ({})", event.position, event.event_type))
+            })?;
+            match decoded {
+                UserEvent::DelegatePermissionsChanged { permissions: p } => {
+                    permissions.0.insert((tenant, user), (p, at));
+                }
+                other => {
+                    permissions.write(tx).await?;
+                    apply_user_event(tx, tenant, user, at, other).await?;
+                }
+            }
+        }
+        permissions.write(tx).await
+    }
+}
+
+/// The latest permissions of each delegate, not yet written.
+#[derive(Default)]
+struct PermissionChanges(HashMap<(Uuid, Uuid), (DelegatePermissions, DateTime<Utc>)>);
+
+impl PermissionChanges {
+    async fn write(&mut self, tx: &mut PgConnection) -> anyhow::Result<()> {
+        if self.0.is_empty() {
             return Ok(());
         }
-        let tenant = event.metadata.tenant_id.0;
-        let user = event
-            .entity_id()
-            .ok_or_else(|| anyhow::anyhow!("bad user stream id {}", event.aggregate_id))?;
-        let at = event.metadata.occurred_at;
-        match event.decode::<UserEvent>()? {
-            UserEvent::UserCreated {
-                username,
-                email,
-                kind,
-                limits,
-                ..
-            } => {
-                let (kind, manager, delegate_of, perms) = kind_columns(&kind);
-                sqlx::query(
+        let mut columns: (Vec<Uuid>, Vec<Uuid>, [Vec<bool>; 3], Vec<DateTime<Utc>>) =
+            Default::default();
+        for ((tenant, user), (p, at)) in self.0.drain() {
+            columns.0.push(tenant);
+            columns.1.push(user);
+            columns.2[0].push(p.allow_recovery);
+            columns.2[1].push(p.allow_account_changes);
+            columns.2[2].push(p.allow_backup_changes);
+            columns.3.push(at);
+        }
+        let [recovery, account_changes, backup_changes] = columns.2;
+        sqlx::query(
+            "UPDATE users u SET allow_recovery = c.allow_recovery,
+                    allow_account_changes = c.allow_account_changes,
+                    allow_backup_changes = c.allow_backup_changes, updated_at = c.at
+               FROM unnest($1::uuid[], $2::uuid[], $3::bool[], $4::bool[], $5::bool[],
+                           $6::timestamptz[])
+                    AS c (tenant_id, user_id, allow_recovery, allow_account_changes,
+                          allow_backup_changes, at)
+              WHERE u.tenant_id = c.tenant_id AND u.user_id = c.user_id",
+        )
+        .bind(columns.0)
+        .bind(columns.1)
+        .bind(recovery)
+        .bind(account_changes)
+        .bind(backup_changes)
+        .bind(columns.3)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn apply_user_event(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    user: Uuid,
+    at: DateTime<Utc>,
+    event: UserEvent,
+) -> anyhow::Result<()> {
+    match event {
+        UserEvent::UserCreated {
+            username,
+            email,
+            kind,
+            limits,
+            ..
+        } => {
+            let (kind, manager, delegate_of, perms) = kind_columns(&kind);
+            sqlx::query(
                     "INSERT INTO users (tenant_id, user_id, username, email, kind, manager_id, delegate_of,
                             allow_recovery, allow_account_changes, allow_backup_changes,
                             max_accounts, max_instances, max_non_instance_ebs_gib, max_rds_gib,
@@ -89,96 +167,79 @@ impl Projection for UsersProjection {
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;
-            }
-            UserEvent::UserUpdated {
-                email,
-                limits,
-                kind,
-            } => {
-                let (kind, manager, _, _) = kind_columns(&kind);
-                sqlx::query(
-                    "UPDATE users SET email = $3, kind = $4, manager_id = $5,
+        }
+        UserEvent::UserUpdated {
+            email,
+            limits,
+            kind,
+        } => {
+            let (kind, manager, _, _) = kind_columns(&kind);
+            sqlx::query(
+                "UPDATE users SET email = $3, kind = $4, manager_id = $5,
                             max_accounts = $6, max_instances = $7, max_non_instance_ebs_gib = $8,
                             max_rds_gib = $9, max_redshift_gib = $10, max_dynamodb_gib = $11,
                             updated_at = $12
                       WHERE tenant_id = $1 AND user_id = $2",
-                )
-                .bind(tenant)
-                .bind(user)
-                .bind(email)
-                .bind(kind)
-                .bind(manager)
-                .bind(limit(limits.max_accounts))
-                .bind(limit(limits.max_instances))
-                .bind(limit(limits.max_non_instance_ebs_gib))
-                .bind(limit(limits.max_rds_gib))
-                .bind(limit(limits.max_redshift_gib))
-                .bind(limit(limits.max_dynamodb_gib))
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            UserEvent::DelegatePermissionsChanged { permissions: p } => {
-                sqlx::query(
-                    "UPDATE users SET allow_recovery = $3, allow_account_changes = $4,
-                            allow_backup_changes = $5, updated_at = $6
-                      WHERE tenant_id = $1 AND user_id = $2",
-                )
-                .bind(tenant)
-                .bind(user)
-                .bind(p.allow_recovery)
-                .bind(p.allow_account_changes)
-                .bind(p.allow_backup_changes)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            UserEvent::ApiKeyCreated {
-                key_id,
-                name,
-                prefix,
-            } => {
-                sqlx::query(
-                    "INSERT INTO api_keys (tenant_id, key_id, user_id, name, prefix, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(tenant)
-                .bind(key_id)
-                .bind(user)
-                .bind(name)
-                .bind(prefix)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            UserEvent::ApiKeyRevoked { key_id } => {
-                sqlx::query(
-                    "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND key_id = $2",
-                )
-                .bind(tenant)
-                .bind(key_id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            UserEvent::UserDeleted => {
-                sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND user_id = $2")
-                    .bind(tenant)
-                    .bind(user)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM api_keys WHERE tenant_id = $1 AND user_id = $2")
-                    .bind(tenant)
-                    .bind(user)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            UserEvent::PasswordChanged { .. }
-            | UserEvent::SignedIn { .. }
-            | UserEvent::SignedOut { .. } => {}
+            )
+            .bind(tenant)
+            .bind(user)
+            .bind(email)
+            .bind(kind)
+            .bind(manager)
+            .bind(limit(limits.max_accounts))
+            .bind(limit(limits.max_instances))
+            .bind(limit(limits.max_non_instance_ebs_gib))
+            .bind(limit(limits.max_rds_gib))
+            .bind(limit(limits.max_redshift_gib))
+            .bind(limit(limits.max_dynamodb_gib))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
         }
-        Ok(())
+        UserEvent::ApiKeyCreated {
+            key_id,
+            name,
+            prefix,
+        } => {
+            sqlx::query(
+                "INSERT INTO api_keys (tenant_id, key_id, user_id, name, prefix, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(tenant)
+            .bind(key_id)
+            .bind(user)
+            .bind(name)
+            .bind(prefix)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        UserEvent::ApiKeyRevoked { key_id } => {
+            sqlx::query("UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND key_id = $2")
+                .bind(tenant)
+                .bind(key_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        UserEvent::UserDeleted => {
+            sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM api_keys WHERE tenant_id = $1 AND user_id = $2")
+                .bind(tenant)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        UserEvent::DelegatePermissionsChanged { .. }
+        | UserEvent::PasswordChanged { .. }
+        | UserEvent::SignedIn { .. }
+        | UserEvent::SignedOut { .. } => {}
     }
+    Ok(())
 }
 
 /// A row of the users read model.
