@@ -92,17 +92,25 @@ impl PermissionChanges {
         if self.0.is_empty() {
             return Ok(());
         }
-        let mut columns: (Vec<Uuid>, Vec<Uuid>, [Vec<bool>; 3], Vec<DateTime<Utc>>) =
-            Default::default();
-        for ((tenant, user), (p, at)) in self.0.drain() {
-            columns.0.push(tenant);
-            columns.1.push(user);
-            columns.2[0].push(p.allow_recovery);
-            columns.2[1].push(p.allow_account_changes);
-            columns.2[2].push(p.allow_backup_changes);
-            columns.3.push(at);
+        let n = self.0.len();
+        let (mut tenants, mut users, mut at) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut recovery, mut account_changes, mut backup_changes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((tenant, user), (p, changed_at)) in self.0.drain() {
+            tenants.push(tenant);
+            users.push(user);
+            recovery.push(p.allow_recovery);
+            account_changes.push(p.allow_account_changes);
+            backup_changes.push(p.allow_backup_changes);
+            at.push(changed_at);
         }
-        let [recovery, account_changes, backup_changes] = columns.2;
         sqlx::query(
             "UPDATE users u SET allow_recovery = c.allow_recovery,
                     allow_account_changes = c.allow_account_changes,
@@ -113,12 +121,12 @@ impl PermissionChanges {
                           allow_backup_changes, at)
               WHERE u.tenant_id = c.tenant_id AND u.user_id = c.user_id",
         )
-        .bind(columns.0)
-        .bind(columns.1)
+        .bind(tenants)
+        .bind(users)
         .bind(recovery)
         .bind(account_changes)
         .bind(backup_changes)
-        .bind(columns.3)
+        .bind(at)
         .execute(&mut *tx)
         .await?;
         Ok(())
