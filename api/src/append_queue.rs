@@ -23,17 +23,19 @@ struct Pending {
     done: oneshot::Sender<Result<(), PersistenceError>>,
 }
 
-/// The queue of one aggregate type's single-event appends.
+/// The queue of single-event appends of one repository.
 pub struct AppendQueue {
+    pool: PgPool,
     sender: mpsc::UnboundedSender<Pending>,
 }
 
 impl AppendQueue {
-    /// Starts the writer; it stops when the queue is dropped.
+    /// Starts the writer, on the current runtime; it stops when the queue
+    /// is dropped (or that runtime shuts down).
     pub fn start(pool: PgPool) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(pool, receiver));
-        Self { sender }
+        tokio::spawn(write_batches(pool.clone(), receiver));
+        Self { pool, sender }
     }
 
     /// Appends one event; answers once it is committed, or
@@ -41,11 +43,15 @@ impl AppendQueue {
     /// taken.
     pub async fn append(&self, event: SerializedEvent) -> Result<(), PersistenceError> {
         let (done, answer) = oneshot::channel();
-        let lost = || PersistenceError::UnknownError("the append writer stopped".into());
-        self.sender
-            .send(Pending { event, done })
-            .map_err(|_| lost())?;
-        answer.await.map_err(|_| lost())?
+        if let Err(mpsc::error::SendError(pending)) = self.sender.send(Pending { event, done }) {
+            // The writer is gone and never saw the event: append it alone.
+            return insert_one(&self.pool, &pending.event).await;
+        }
+        // Dropped unanswered: the writer stopped during the statement, whose
+        // outcome is unknown, as with a connection lost mid-statement.
+        answer.await.map_err(|_| {
+            PersistenceError::UnknownError("the append writer stopped during the append".into())
+        })?
     }
 }
 
@@ -105,13 +111,7 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
         // cannot fail the others.
         Err(_) if batch.len() > 1 => {
             for pending in batch {
-                let answer = match insert(pool, &[&pending.event]).await {
-                    Ok(inserted) if inserted.is_empty() => {
-                        Err(PersistenceError::OptimisticLockError)
-                    }
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(crate::commands::persistence_error(e)),
-                };
+                let answer = insert_one(pool, &pending.event).await;
                 let _ = pending.done.send(answer);
             }
         }
@@ -122,6 +122,15 @@ async fn write(pool: &PgPool, batch: Vec<Pending>) {
                     .send(Err(crate::commands::persistence_error(e)));
             }
         }
+    }
+}
+
+/// Appends one event in a statement of its own.
+async fn insert_one(pool: &PgPool, event: &SerializedEvent) -> Result<(), PersistenceError> {
+    match insert(pool, &[event]).await {
+        Ok(inserted) if inserted.is_empty() => Err(PersistenceError::OptimisticLockError),
+        Ok(_) => Ok(()),
+        Err(e) => Err(crate::commands::persistence_error(e)),
     }
 }
 

@@ -475,6 +475,15 @@ pub async fn notify_committed(pool: &PgPool) {
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
 
 async fn send_notifications(pool: PgPool, signals: Arc<Signals>) {
+    /// Lets the next commit start another sender if this one is dropped
+    /// (its runtime shut down).
+    struct Started(Arc<Signals>);
+    impl Drop for Started {
+        fn drop(&mut self) {
+            self.0.notifier_started.store(false, Ordering::Release);
+        }
+    }
+    let _started = Started(signals.clone());
     loop {
         // A commit while the NOTIFY is sent leaves a permit: it gets the next.
         signals.notify_wanted.notified().await;
