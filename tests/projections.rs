@@ -156,7 +156,7 @@ async fn concurrent_writers_never_lose_a_projected_event() {
     for w in 0..writers {
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
-            let cqrs = safehold_api::commands::framework::<User>(&pool);
+            let cqrs = safehold_api::commands::Runner::<User>::new(&pool);
             let user = UserId(Uuid::new_v4());
             let stream = stream_id(tenant, user.0);
             let create = UserCommand::Create {

@@ -54,11 +54,6 @@ pub struct Commands {
     recoveries: Runner<Recovery>,
 }
 
-/// The command runner of one aggregate type, as the API runs it.
-pub fn framework<A: Aggregate<Services = ()>>(pool: &PgPool) -> Runner<A> {
-    Runner::new(pool)
-}
-
 /// How many aggregates of each type a [`Runner`] keeps the latest state of.
 const RECENT_STATES: usize = 4096;
 
@@ -484,13 +479,13 @@ impl PersistedEventRepository for SnapshotRepository {
 impl Commands {
     pub fn new(pool: PgPool) -> Self {
         Self {
-            tenants: framework(&pool),
-            users: framework(&pool),
-            accounts: framework(&pool),
-            policies: framework(&pool),
-            schedules: framework(&pool),
-            backups: framework(&pool),
-            recoveries: framework(&pool),
+            tenants: Runner::new(&pool),
+            users: Runner::new(&pool),
+            accounts: Runner::new(&pool),
+            policies: Runner::new(&pool),
+            schedules: Runner::new(&pool),
+            backups: Runner::new(&pool),
+            recoveries: Runner::new(&pool),
             pool,
         }
     }
@@ -727,7 +722,7 @@ mod tests {
         let tenant = TenantId(Uuid::new_v4());
         let user = UserId(Uuid::new_v4());
         let stream = stream_id(tenant, user.0);
-        let cqrs = framework::<User>(&pool);
+        let cqrs = Runner::<User>::new(&pool);
         assert_eq!(loaded(&pool, &stream).await.0, 0, "a new stream");
         let create = UserCommand::Create {
             id: user,
@@ -832,7 +827,7 @@ mod tests {
         let tenant = TenantId(Uuid::new_v4());
         let delegate = UserId(Uuid::new_v4());
         let stream = stream_id(tenant, delegate.0);
-        let runner = framework::<User>(&pool);
+        let runner = Runner::<User>::new(&pool);
         // A writer this runner does not hear about.
         let other = postgres_es::postgres_cqrs::<User>(pool.clone(), vec![], ());
         let permissions =

@@ -80,6 +80,12 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
+/// The names of [`all_projections`], listed once.
+fn all_names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| all_projections().iter().map(|p| p.name()).collect())
+}
+
 const BATCH: i64 = 500;
 
 /// Reads the next events after a checkpoint, in `(tx_id, global_position)`
@@ -289,9 +295,7 @@ async fn apply_all_batch(
         .map(|(name, tx_id, position)| (name, (tx_id, position)))
         .collect();
     // Only a pass over every projection can say where they all stand.
-    let holds_all = all_projections()
-        .iter()
-        .all(|p| checkpoints.contains_key(p.name()));
+    let holds_all = all_names().iter().all(|&n| checkpoints.contains_key(n));
     let mut batch = JointBatch {
         events: Vec::new(),
         applied: Vec::new(),
@@ -612,7 +616,6 @@ pub async fn wait_for_stream(
     let Some(target) = target else {
         return Ok(true);
     };
-    let names: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
     // A projector in this process reports at once: read the checkpoints
     // only if it does not.
     let mut next_read = tokio::time::Instant::now();
@@ -625,7 +628,7 @@ pub async fn wait_for_stream(
         }
         let now = tokio::time::Instant::now();
         if now >= next_read {
-            if checkpoints_reached(pool, &names, target).await? {
+            if checkpoints_reached(pool, all_names(), target).await? {
                 return Ok(true);
             }
             next_read = now + Duration::from_millis(20);

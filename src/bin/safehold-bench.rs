@@ -119,7 +119,7 @@ async fn delegates(
     prefix: &str,
     n: usize,
 ) -> Vec<UserId> {
-    let cqrs = safehold_api::commands::framework::<User>(pool);
+    let cqrs = safehold_api::commands::Runner::<User>::new(pool);
     let mut ids = Vec::new();
     for i in 0..n {
         let id = UserId::for_username(tenant, &format!("{prefix}{i}"));
@@ -168,7 +168,7 @@ async fn projection_lag(
     seconds: u64,
 ) -> (Vec<f64>, Vec<f64>) {
     let issued: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let cqrs = Arc::new(safehold_api::commands::framework::<User>(pool));
+    let cqrs = Arc::new(safehold_api::commands::Runner::<User>::new(pool));
     let total = per_second * seconds;
     let watcher = {
         let (pool, issued) = (pool.clone(), issued.clone());
@@ -420,7 +420,7 @@ async fn main() -> anyhow::Result<()> {
 
     let appended = {
         let (users, pool) = (users.clone(), pool.clone());
-        let cqrs = Arc::new(safehold_api::commands::framework::<User>(&pool));
+        let cqrs = Arc::new(safehold_api::commands::Runner::<User>::new(&pool));
         rate(a.concurrency, a.seconds, move |task, n| {
             let user = users[task * 4 + (n as usize % 4)];
             let (cqrs, pool) = (cqrs.clone(), pool.clone());
